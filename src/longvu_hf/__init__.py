@@ -1,0 +1,35 @@
+"""longvu-hf: LongVU (ICML 2025) as a transformers-native model.
+
+Importing the package registers LongVU with the transformers Auto classes.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForImageTextToText,
+    AutoModelForMultimodalLM,
+    AutoProcessor,
+    AutoVideoProcessor,
+)
+
+from .configuration_longvu import LongVUConfig
+from .modeling import LongVUForConditionalGeneration, LongVUModel, LongVUPreTrainedModel
+from .processing import LongVUProcessor, LongVUVideoProcessor
+
+AutoConfig.register("longvu", LongVUConfig, exist_ok=True)
+AutoModel.register(LongVUConfig, LongVUModel, exist_ok=True)
+AutoModelForImageTextToText.register(LongVUConfig, LongVUForConditionalGeneration, exist_ok=True)
+AutoModelForMultimodalLM.register(LongVUConfig, LongVUForConditionalGeneration, exist_ok=True)
+AutoVideoProcessor.register(LongVUConfig, LongVUVideoProcessor, exist_ok=True)
+AutoProcessor.register(LongVUConfig, LongVUProcessor, exist_ok=True)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LongVUConfig",
+    "LongVUForConditionalGeneration",
+    "LongVUModel",
+    "LongVUPreTrainedModel",
+    "LongVUProcessor",
+    "LongVUVideoProcessor",
+]

@@ -1,0 +1,3 @@
+from .modeling_longvu import LongVUForConditionalGeneration, LongVUModel, LongVUPreTrainedModel
+
+__all__ = ["LongVUForConditionalGeneration", "LongVUModel", "LongVUPreTrainedModel"]

@@ -1,0 +1,791 @@
+"""LongVU model: SigLIP + DINOv2 towers, Spatial Vision Aggregator, projector, compression, and a Qwen2/Llama LLM.
+
+The processor writes ONE placeholder token per video or image; the model encodes and compresses the visual input
+(the count depends on the content and the prompt) and expands each placeholder to the compressed token count before
+the LLM. `generate()` encodes once, expands, and hands the features to the standard `GenerationMixin.generate`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import types
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.utils.generic import can_return_tuple
+
+from ..configuration_longvu import LongVUConfig
+from . import compression as C
+from .aggregator import LongVUAggregatorLayer, LongVUVisionAggregator, window_key_mask
+
+VISUAL_INPUT_NAMES = (
+    "pixel_values",
+    "pixel_values_dino",
+    "image_sizes",
+    "pixel_values_videos",
+    "pixel_values_videos_dino",
+    "video_num_frames",
+    "video_sizes",
+)
+
+
+@dataclass
+class LongVUVisualFeaturesOutput(BaseModelOutputWithPooling):
+    """
+    Output of `get_video_features` / `get_image_features`.
+
+    pooler_output (`list[torch.Tensor]`): one `(num_tokens_i, hidden_size)` tensor per video (or image), compressed and
+        ready to replace that item's placeholder.
+    compression (`list[dict]`): one report per item (see `LongVUModel.get_video_features`).
+    """
+
+    compression: list[dict] | None = None
+
+
+@dataclass
+class LongVUModelOutputWithPast(BaseModelOutputWithPast):
+    """
+    Base model output. When the placeholders were expanded, `attention_mask` and `labels` are the expanded ones.
+
+    compression (`list[dict]`): one report per video.
+    """
+
+    attention_mask: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    compression: list[dict] | None = None
+    image_compression: list[dict] | None = None
+
+
+@dataclass
+class LongVUCausalLMOutputWithPast(ModelOutput):
+    """
+    Output of `LongVUForConditionalGeneration.forward`; `logits` cover the expanded sequence.
+
+    compression (`list[dict]`): one report per video: `num_input_frames`, `kept_frame_indices`,
+        `high_res_frame_indices`, `tokens_per_frame`, `path` ("none" | "mix" | "stc"), `num_visual_tokens`, `budget`.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor] | None = None
+    attentions: tuple[torch.Tensor] | None = None
+    attention_mask: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    compression: list[dict] | None = None
+    image_compression: list[dict] | None = None
+
+
+def reference_dino_position_interpolation(config: LongVUConfig, embeddings: nn.Module, patch_embeds, height, width):
+    """DINOv2 position-embedding interpolation exactly as transformers 4.42 computed it (what LongVU was trained with):
+    bicubic with `scale_factor=(grid + 0.1) / sqrt(num_positions)` rather than `size=grid` (REFERENCE.md §2.2)."""
+    num_patches = patch_embeds.shape[1] - 1
+    num_positions = embeddings.position_embeddings.shape[1] - 1
+    if config.dino_position_interpolation != "reference" or (num_patches == num_positions and height == width):
+        return type(embeddings).interpolate_pos_encoding(embeddings, patch_embeds, height, width)
+    class_pos_embed = embeddings.position_embeddings[:, :1]
+    patch_pos_embed = embeddings.position_embeddings[:, 1:]
+    dim = patch_embeds.shape[-1]
+    patch_size = config.dino_config.patch_size
+    grid_h, grid_w = height // patch_size + 0.1, width // patch_size + 0.1
+    side = int(math.sqrt(num_positions))
+    patch_pos_embed = patch_pos_embed.reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    target_dtype = patch_pos_embed.dtype
+    patch_pos_embed = F.interpolate(
+        patch_pos_embed.to(torch.float32),
+        scale_factor=(float(grid_h / side), float(grid_w / side)),
+        mode="bicubic",
+        align_corners=False,
+    ).to(target_dtype)
+    patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat((class_pos_embed, patch_pos_embed), dim=1)
+
+
+def resize_feature_grid(features: torch.Tensor, grid_size: int) -> torch.Tensor:
+    """`(frames, side*side, dim)` -> `(frames, grid*grid, dim)`, bilinear in float32 like the reference towers."""
+    frames, tokens, dim = features.shape
+    side = int(round(tokens**0.5))
+    if side == grid_size:
+        return features
+    grid = features.view(frames, side, side, dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid.float(), size=(grid_size, grid_size), mode="bilinear", align_corners=False)
+    return grid.to(features.dtype).permute(0, 2, 3, 1).reshape(frames, grid_size * grid_size, dim)
+
+
+class LongVUMultiModalProjector(nn.Module):
+    """`mm_projector`: Linear(aggregator width -> LLM width), GELU, Linear(LLM width -> LLM width)."""
+
+    def __init__(self, config: LongVUConfig):
+        super().__init__()
+        hidden = config.text_config.hidden_size
+        self.linear_1 = nn.Linear(config.aggregator_hidden_size, hidden)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(hidden, hidden)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+class LongVUPreTrainedModel(PreTrainedModel):
+    config: LongVUConfig
+    config_class = LongVUConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "video", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LongVUAggregatorLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, LongVUModel):
+            init.normal_(module.image_newline, mean=0.0, std=1 / math.sqrt(self.config.text_config.hidden_size))
+        elif isinstance(module, LongVUVisionAggregator):
+            init.normal_(module.query, mean=0.0, std=1 / math.sqrt(self.config.aggregator_hidden_size))
+        elif isinstance(module, LongVUAggregatorLayer):
+            for pos_embed in module.pos_embeds:
+                init.normal_(pos_embed, mean=0.0, std=1.0)
+
+
+class LongVUModel(LongVUPreTrainedModel):
+    """
+    LongVU without the LM head: towers, aggregator, projector, compression and the decoder.
+
+    Example:
+
+    ```python
+    >>> from longvu_hf import LongVUConfig, LongVUModel
+    >>> model = LongVUModel(LongVUConfig(text_config=..., vision_config=..., dino_config=...))
+    >>> out = model(input_ids=ids, pixel_values_videos=frames, pixel_values_videos_dino=frames_dino,
+    ...             video_num_frames=torch.tensor([len(frames)]), video_sizes=torch.tensor([[720, 1280]]))
+    >>> out.compression[0]["path"]
+    ```
+    """
+
+    def __init__(self, config: LongVUConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.dino_tower = AutoModel.from_config(config.dino_config)
+        self.dino_tower.embeddings.interpolate_pos_encoding = types.MethodType(
+            functools.partial(reference_dino_position_interpolation, config), self.dino_tower.embeddings
+        )
+        self.vision_aggregator = LongVUVisionAggregator(config)
+        self.multi_modal_projector = LongVUMultiModalProjector(config)
+        self.image_newline = nn.Parameter(torch.zeros(config.text_config.hidden_size))
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Towers
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def _normalize(self, pixels: torch.Tensor, mean, std, device, dtype) -> torch.Tensor:
+        """uint8 pixels are rescaled and normalised here, on the model's device; float pixels are taken as given."""
+        pixels = pixels.to(device, non_blocking=True)
+        if pixels.dtype == torch.uint8:
+            mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+            std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+            pixels = (pixels.float() * (1 / 255.0) - mean) / std
+        return pixels.to(dtype)
+
+    def _check_pixels(self, pixels: torch.Tensor, size: int, name: str):
+        if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[-2:] != (size, size):
+            raise ValueError(f"`{name}` must have shape (frames, 3, {size}, {size}), got {tuple(pixels.shape)}")
+
+    def siglip_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """SigLIP features of the last encoder layer (before `post_layernorm`), resized to the 24x24 grid."""
+        tower = self.vision_tower
+        outputs = []
+        for start in range(0, len(pixels), self.config.vision_chunk_size):
+            chunk = self._normalize(
+                pixels[start : start + self.config.vision_chunk_size],
+                self.config.siglip_image_mean,
+                self.config.siglip_image_std,
+                tower.device,
+                tower.dtype,
+            )
+            hidden = tower.encoder(inputs_embeds=tower.embeddings(chunk)).last_hidden_state
+            outputs.append(resize_feature_grid(hidden, self.config.encoder_grid_size))
+        return torch.cat(outputs)
+
+    def dino_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """DINOv2 features after the final LayerNorm, CLS dropped, resized to the 24x24 grid."""
+        outputs = []
+        for start in range(0, len(pixels), self.config.vision_chunk_size):
+            outputs.append(self._dino_chunk(pixels[start : start + self.config.vision_chunk_size]))
+        return torch.cat(outputs)
+
+    def _dino_chunk(self, pixels: torch.Tensor) -> torch.Tensor:
+        tower = self.dino_tower
+        chunk = self._normalize(
+            pixels, self.config.dino_image_mean, self.config.dino_image_std, tower.device, tower.dtype
+        )
+        hidden = tower(pixel_values=chunk).last_hidden_state[:, 1:]
+        return resize_feature_grid(hidden, self.config.encoder_grid_size)
+
+    def select_video_frames(
+        self, pixels_dino: torch.Tensor, frame_budget: int
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """DINOv2 on every frame in chunks, then temporal reduction when the video exceeds `frame_budget` frames.
+
+        Only the features of kept frames are retained as chunks are processed (windows never straddle chunks).
+        Returns the kept frame indices, their DINO features, and whether the reduction ran.
+        """
+        num_frames = len(pixels_dino)
+        if num_frames < frame_budget:
+            return torch.arange(num_frames), self.dino_features(pixels_dino), False
+        window = self.config.dino_window_size
+        chunk_size = max(window, self.config.vision_chunk_size // window * window)
+        kept_indices, kept_features = [], []
+        for start in range(0, num_frames, chunk_size):
+            features = self._dino_chunk(pixels_dino[start : start + chunk_size])
+            for offset in range(0, len(features), window):
+                scores = C.dino_window_scores(features[offset : offset + window])
+                local = C.select_frames_in_window(scores, self.config.dino_threshold).to(features.device)
+                kept_indices.append(local.cpu() + start + offset)
+                kept_features.append(features[offset : offset + window][local])
+        indices = torch.cat(kept_indices)
+        features = torch.cat(kept_features)
+        if num_frames >= window:
+            picks = C.cap_frame_indices(torch.arange(len(indices)), self.config.max_frames_after_selection)
+            indices, features = indices[picks], features[picks.to(features.device)]
+        return indices, features, True
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Aggregation, projection, unpadding
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def _size_as_reference_reads_it(self, size_hw: tuple[int, int], is_video: bool) -> tuple[int, int]:
+        """The reference unpacks sizes as (width, height); it passes (height, width) for videos (a quirk the released
+        video checkpoints were trained with) and (width, height) for images."""
+        height, width = size_hw
+        if is_video and self.config.video_size_convention == "reference":
+            return (height, width)
+        return (width, height)
+
+    def aggregate(self, siglip: torch.Tensor, dino: torch.Tensor, size_wh: tuple[int, int]) -> torch.Tensor:
+        """SVA over frames of one video (or one image) in chunks; returns `(frames, num_queries, width)`."""
+        grid, query_grid = self.config.encoder_grid_size, self.config.query_grid_size
+        content = C.padding_key_mask(grid, size_wh, device=siglip.device)
+        window_mask = window_key_mask(content, query_grid)
+        key_mask = torch.cat([window_mask, window_mask], dim=-1)
+        chunk = self.config.vision_chunk_size
+        return torch.cat(
+            [
+                self.vision_aggregator([siglip[s : s + chunk], dino[s : s + chunk]], key_mask)
+                for s in range(0, len(siglip), chunk)
+            ]
+        )
+
+    def project_frames(self, sva_output: torch.Tensor, size_wh: tuple[int, int], low_res: bool) -> torch.Tensor:
+        """Project SVA features to the LLM, unpad and append row newlines; `(frames, tokens, hidden)`.
+
+        With `low_res`, the SVA output is first resized bilinearly (float32, no antialias) to the low-res grid.
+        """
+        frames = sva_output.shape[0]
+        side = self.config.query_grid_size
+        grid = sva_output.view(frames, side, side, -1)
+        if low_res:
+            low = self.config.lowres_grid_size
+            grid = F.interpolate(grid.permute(0, 3, 1, 2).float(), size=(low, low), mode="bilinear", align_corners=False)
+            grid = grid.to(sva_output.dtype).permute(0, 2, 3, 1)
+            size_wh = C.lowres_original_size(size_wh, side, low)
+        projected = self.multi_modal_projector(grid)
+        return C.add_row_newlines(C.unpad_grid(projected, size_wh), self.image_newline)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Videos and images
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def _prompt_layout(
+        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, token_id: int, count: int, name: str
+    ) -> list[dict]:
+        """For each of `count` visual items (in placeholder order): its sample's real text length (placeholders
+        included), the number of visual items sharing that sample, and the ids after the sample's last placeholder."""
+        if input_ids is None:
+            raise ValueError(f"`input_ids` are needed with `{name}`: LongVU's token budget depends on the prompt")
+        visual_ids = [self.config.video_token_id, self.config.image_token_id]
+        layout = []
+        for row in range(input_ids.shape[0]):
+            ids = input_ids[row]
+            if attention_mask is not None:
+                ids = ids[attention_mask[row].bool()]
+            is_visual = torch.isin(ids, torch.tensor(visual_ids, device=ids.device))
+            positions = torch.where(is_visual)[0]
+            query_ids = ids[positions[-1] + 1 :] if len(positions) else ids
+            for _ in range(int((ids == token_id).sum())):
+                layout.append(
+                    {"text_len": len(ids), "num_visual": len(positions), "query_ids": query_ids, "row": row}
+                )
+        if len(layout) != count:
+            raise ValueError(
+                f"The prompt holds {len(layout)} placeholder token(s) (id {token_id}) but {count} "
+                f"{'videos' if 'video' in name else 'images'} were given: write exactly one placeholder per item"
+            )
+        return layout
+
+    def _split_videos(self, pixel_values_videos, pixel_values_videos_dino, video_num_frames):
+        if pixel_values_videos.ndim == 5:  # (videos, frames, 3, H, W): same length for all
+            if video_num_frames is None:
+                video_num_frames = torch.full((pixel_values_videos.shape[0],), pixel_values_videos.shape[1])
+            pixel_values_videos = pixel_values_videos.flatten(0, 1)
+            pixel_values_videos_dino = pixel_values_videos_dino.flatten(0, 1)
+        if video_num_frames is None:
+            video_num_frames = torch.tensor([pixel_values_videos.shape[0]])
+        counts = [int(n) for n in torch.as_tensor(video_num_frames).flatten()]
+        if any(n <= 0 for n in counts):
+            raise ValueError(f"Every video needs at least one frame, got `video_num_frames`={counts}")
+        for name, pixels in (("pixel_values_videos", pixel_values_videos), ("pixel_values_videos_dino", pixel_values_videos_dino)):
+            if pixels.shape[0] != sum(counts):
+                raise ValueError(
+                    f"`{name}` holds {pixels.shape[0]} frames but `video_num_frames` sums to {sum(counts)}"
+                )
+        self._check_pixels(pixel_values_videos, self.config.vision_config.image_size, "pixel_values_videos")
+        self._check_pixels(pixel_values_videos_dino, self.config.dino_image_size, "pixel_values_videos_dino")
+        return list(pixel_values_videos.split(counts)), list(pixel_values_videos_dino.split(counts))
+
+    @can_return_tuple
+    def get_video_features(
+        self,
+        pixel_values_videos: torch.Tensor,
+        pixel_values_videos_dino: torch.Tensor,
+        video_num_frames: torch.Tensor | None = None,
+        video_sizes: torch.Tensor | None = None,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> LongVUVisualFeaturesOutput:
+        """Encode and compress every video; `pooler_output` holds one `(tokens_i, hidden)` tensor per video.
+
+        The token budget of each video is computed from its own sample's prompt (`input_ids`, `attention_mask`), as
+        the reference does for batch item 0 (REFERENCE.md §3-5). A sample with several visual items splits its budget
+        equally among them. `compression` holds one report per video.
+        """
+        if pixel_values_videos_dino is None:
+            raise ValueError("`pixel_values_videos_dino` is required with `pixel_values_videos`")
+        videos, videos_dino = self._split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames)
+        layout = self._prompt_layout(
+            input_ids, attention_mask, self.config.video_token_id, len(videos), "pixel_values_videos"
+        )
+        if video_sizes is None:
+            video_sizes = torch.tensor([[v.shape[-2], v.shape[-1]] for v in videos])
+        features, reports = [], []
+        for video, video_dino, size_hw, prompt in zip(videos, videos_dino, video_sizes.tolist(), layout):
+            tokens, report = self._encode_video(video, video_dino, tuple(size_hw), prompt)
+            features.append(tokens)
+            reports.append(report)
+        return LongVUVisualFeaturesOutput(pooler_output=features, compression=reports)
+
+    def _encode_video(self, video, video_dino, size_hw, prompt) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        num_frames = len(video)
+        full_tokens, low_tokens = cfg.num_queries, cfg.lowres_grid_size**2
+        # Budget with the placeholder counted (frame selection, SVA flags) and without it (splice), as the reference.
+        share = prompt["num_visual"]
+        select_budget = C.visual_budget(cfg.max_context_length, prompt["text_len"], cfg.context_margin) // share
+        splice_budget = (
+            C.visual_budget(cfg.max_context_length, prompt["text_len"] - prompt["num_visual"], cfg.context_margin)
+            // share
+        )
+        if splice_budget <= 0:
+            raise ValueError(
+                f"The prompt alone ({prompt['text_len']} tokens) leaves no room for the video in the context budget "
+                f"of {cfg.max_context_length} tokens (margin {cfg.context_margin}); shorten the text or raise "
+                "`max_context_length`"
+            )
+        selection_tokens = low_tokens if cfg.highres else full_tokens
+        kept, dino, selection_ran = self.select_video_frames(
+            video_dino, C.frame_budget(select_budget, selection_tokens)
+        )
+        siglip = self.siglip_features(video[kept.to(video.device)])
+        size_wh = self._size_as_reference_reads_it(size_hw, is_video=True)
+        sva = self.aggregate(siglip, dino, size_wh)
+
+        mix_res, _ = C.resolution_flags(len(kept), select_budget, full_tokens, low_tokens)
+        high = self.project_frames(sva, size_wh, low_res=False)
+        use_low = cfg.highres and mix_res
+        frames = self.project_frames(sva, size_wh, low_res=True) if use_low else high
+        visual_len = frames.shape[0] * frames.shape[1]
+        path, high_positions, force_remove = "none", None, 0
+        tokens_per_frame = [frames.shape[1]] * frames.shape[0]
+        if use_low and full_tokens > low_tokens:
+            num_high = C.num_high_res_frames(splice_budget, visual_len, high.shape[1], frames.shape[1])
+            if num_high >= 1:
+                query = self.get_input_embeddings()(prompt["query_ids"].to(self.get_input_embeddings().weight.device))
+                scores = C.query_frame_scores(frames, query.to(frames.dtype))
+                high_positions = C.pick_high_res_frames(scores, num_high)
+                tokens, tokens_per_frame = C.mix_resolutions(high, frames, high_positions)
+                path = "mix"
+        if path != "mix":
+            if splice_budget < visual_len:
+                tokens, tokens_per_frame, force_remove = C.spatial_token_compression(
+                    frames, cfg.stc_threshold, cfg.stc_window_size, splice_budget
+                )
+                path = "stc"
+            else:
+                tokens = frames.flatten(0, 1)
+        if high_positions is not None:
+            high_res = kept[high_positions.cpu()].tolist()
+        else:
+            high_res = [] if use_low else kept.tolist()
+        report = {
+            "num_input_frames": num_frames,
+            "kept_frame_indices": kept.tolist(),
+            "frame_selection_ran": selection_ran,
+            "high_res_frame_indices": high_res,
+            "tokens_per_frame": [int(t) for t in tokens_per_frame],
+            "path": path,
+            "num_visual_tokens": int(tokens.shape[0]),
+            "budget": int(splice_budget),
+            "stc_force_remove": int(force_remove),
+        }
+        return tokens, report
+
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_values_dino: torch.Tensor,
+        image_sizes: torch.Tensor | None = None,
+        **kwargs,
+    ) -> LongVUVisualFeaturesOutput:
+        """Encode images (no temporal or token compression): the full grid on image checkpoints, and the reference's
+        low-resolution grid on video checkpoints (`highres=True`)."""
+        if pixel_values_dino is None:
+            raise ValueError("`pixel_values_dino` is required with `pixel_values`")
+        self._check_pixels(pixel_values, self.config.vision_config.image_size, "pixel_values")
+        self._check_pixels(pixel_values_dino, self.config.dino_image_size, "pixel_values_dino")
+        if pixel_values.shape[0] != pixel_values_dino.shape[0]:
+            raise ValueError("`pixel_values` and `pixel_values_dino` must hold the same number of images")
+        if image_sizes is None:
+            image_sizes = torch.tensor([[pixel_values.shape[-2], pixel_values.shape[-1]]] * len(pixel_values))
+        siglip, dino = self.siglip_features(pixel_values), self.dino_features(pixel_values_dino)
+        features, reports = [], []
+        for i, size_hw in enumerate(image_sizes.tolist()):
+            size_wh = self._size_as_reference_reads_it(tuple(size_hw), is_video=False)
+            sva = self.aggregate(siglip[i : i + 1], dino[i : i + 1], size_wh)
+            tokens = self.project_frames(sva, size_wh, low_res=self.config.highres)[0]
+            features.append(tokens)
+            reports.append({"num_visual_tokens": int(tokens.shape[0]), "low_res": bool(self.config.highres)})
+        return LongVUVisualFeaturesOutput(pooler_output=features, compression=reports)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Placeholder expansion
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def expand_placeholders(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.LongTensor | None,
+        video_token_counts: list[int],
+        image_token_counts: list[int],
+    ) -> tuple[torch.LongTensor, torch.Tensor, torch.LongTensor | None]:
+        """Repeat each video/image placeholder to its token count (labels -100 there) and re-pad on the input's side.
+
+        Counts are given in placeholder order (row by row, left to right).
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        left_padding = bool((attention_mask[:, 0] == 0).any()) and bool((attention_mask[:, -1] == 1).all())
+        video_counts, image_counts = iter(video_token_counts), iter(image_token_counts)
+        rows_ids, rows_labels = [], []
+        for row in range(input_ids.shape[0]):
+            real = attention_mask[row].bool()
+            ids = input_ids[row][real]
+            repeats = torch.ones_like(ids)
+            for pos in torch.where(ids == self.config.video_token_id)[0].tolist():
+                repeats[pos] = next(video_counts)
+            for pos in torch.where(ids == self.config.image_token_id)[0].tolist():
+                repeats[pos] = next(image_counts)
+            rows_ids.append(ids.repeat_interleave(repeats))
+            if labels is not None:
+                row_labels = labels[row][real].clone()
+                row_labels[(ids == self.config.video_token_id) | (ids == self.config.image_token_id)] = -100
+                rows_labels.append(row_labels.repeat_interleave(repeats))
+        pad_id = self.config.text_config.pad_token_id
+        pad_id = 0 if pad_id is None else pad_id
+        max_len = max(len(r) for r in rows_ids)
+        new_ids = input_ids.new_full((len(rows_ids), max_len), pad_id)
+        new_mask = attention_mask.new_zeros((len(rows_ids), max_len))
+        new_labels = labels.new_full((len(rows_ids), max_len), -100) if labels is not None else None
+        for row, ids in enumerate(rows_ids):
+            span = slice(max_len - len(ids), max_len) if left_padding else slice(0, len(ids))
+            new_ids[row, span] = ids
+            new_mask[row, span] = 1
+            if new_labels is not None:
+                new_labels[row, span] = rows_labels[row]
+        return new_ids, new_mask, new_labels
+
+    def _merge_features(self, input_ids, inputs_embeds, token_id, features, name):
+        mask = input_ids == token_id
+        total = sum(len(f) for f in features)
+        if int(mask.sum()) != total:
+            raise ValueError(f"{name}: {int(mask.sum())} placeholder positions but {total} visual tokens")
+        flat = torch.cat(features).to(inputs_embeds.device, inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), flat)
+
+    def encode_visual_inputs(
+        self, input_ids, attention_mask, pixel_values=None, pixel_values_dino=None, image_sizes=None,
+        pixel_values_videos=None, pixel_values_videos_dino=None, video_num_frames=None, video_sizes=None,
+    ) -> dict[str, LongVUVisualFeaturesOutput]:
+        """Run `get_video_features` / `get_image_features` for whatever pixels are given; `{"video": .., "image": ..}`."""
+        outputs = {}
+        if pixel_values_videos is not None:
+            outputs["video"] = self.get_video_features(
+                pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes, input_ids, attention_mask
+            )
+        if pixel_values is not None:
+            outputs["image"] = self.get_image_features(pixel_values, pixel_values_dino, image_sizes)
+            self._prompt_layout(input_ids, attention_mask, self.config.image_token_id, len(pixel_values), "pixel_values")
+        return outputs
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_values_dino: torch.FloatTensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        pixel_values_videos_dino: torch.FloatTensor | None = None,
+        video_num_frames: torch.LongTensor | None = None,
+        video_sizes: torch.LongTensor | None = None,
+        mm_encoder_outputs: dict | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> LongVUModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`")
+        if pixel_values_videos is not None or pixel_values is not None:
+            if mm_encoder_outputs:
+                raise ValueError("Pass either pixel inputs or pre-computed `mm_encoder_outputs`, not both")
+            mm_encoder_outputs = self.encode_visual_inputs(
+                input_ids, attention_mask, pixel_values, pixel_values_dino, image_sizes,
+                pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes,
+            )
+        mm_encoder_outputs = mm_encoder_outputs or {}
+        video = mm_encoder_outputs.get("video")
+        image = mm_encoder_outputs.get("image")
+        video_features = list(video.pooler_output) if video is not None else []
+        image_features = list(image.pooler_output) if image is not None else []
+
+        if input_ids is not None and (video_features or image_features):
+            n_video = int((input_ids == self.config.video_token_id).sum())
+            n_image = int((input_ids == self.config.image_token_id).sum())
+            one_per_item = n_video == len(video_features) and n_image == len(image_features)
+            already_expanded = n_video == sum(map(len, video_features)) and n_image == sum(map(len, image_features))
+            if not already_expanded:
+                if not one_per_item:
+                    raise ValueError(
+                        f"The prompt holds {n_video} video and {n_image} image placeholders for "
+                        f"{len(video_features)} videos and {len(image_features)} images"
+                    )
+                input_ids, attention_mask, labels = self.expand_placeholders(
+                    input_ids,
+                    attention_mask,
+                    labels,
+                    [len(f) for f in video_features],
+                    [len(f) for f in image_features],
+                )
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            if attention_mask is not None and attention_mask.shape[-1] > self.config.max_context_length:
+                longest = int(attention_mask.sum(-1).max())
+                if longest > self.config.max_context_length:
+                    raise ValueError(
+                        f"The expanded sequence ({longest} tokens) exceeds `max_context_length`="
+                        f"{self.config.max_context_length}; shorten the prompt or use fewer images"
+                    )
+
+        if inputs_embeds is None:
+            visual = (input_ids == self.config.video_token_id) | (input_ids == self.config.image_token_id)
+            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(visual, 0))
+            if video_features:
+                inputs_embeds = self._merge_features(
+                    input_ids, inputs_embeds, self.config.video_token_id, video_features, "videos"
+                )
+            if image_features:
+                inputs_embeds = self._merge_features(
+                    input_ids, inputs_embeds, self.config.image_token_id, image_features, "images"
+                )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return LongVUModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            attention_mask=attention_mask,
+            labels=labels,
+            compression=video.compression if video is not None else None,
+            image_compression=image.compression if image is not None else None,
+        )
+
+
+class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
+    """
+    LongVU with its language-modelling head: answers questions about long videos.
+
+    Example:
+
+    ```python
+    >>> import longvu_hf  # registers LongVU with the Auto classes
+    >>> from transformers import AutoModelForImageTextToText, AutoProcessor
+    >>> model = AutoModelForImageTextToText.from_pretrained("path/to/converted/LongVU_Qwen2_7B", dtype="bfloat16")
+    >>> processor = AutoProcessor.from_pretrained("path/to/converted/LongVU_Qwen2_7B")
+    >>> messages = [{"role": "user", "content": [{"type": "video", "path": "video.mp4"},
+    ...                                          {"type": "text", "text": "What happens in this video?"}]}]
+    >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+    ...                                        return_dict=True, return_tensors="pt")
+    >>> out = model.generate(**inputs, max_new_tokens=128)
+    >>> processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    ```
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: LongVUConfig):
+        super().__init__(config)
+        self.model = LongVUModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def get_video_features(self, *args, **kwargs):
+        return self.model.get_video_features(*args, **kwargs)
+
+    def get_image_features(self, *args, **kwargs):
+        return self.model.get_image_features(*args, **kwargs)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        pixel_values_dino: torch.FloatTensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        pixel_values_videos_dino: torch.FloatTensor | None = None,
+        video_num_frames: torch.LongTensor | None = None,
+        video_sizes: torch.LongTensor | None = None,
+        mm_encoder_outputs: dict | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> LongVUCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            pixel_values=pixel_values,
+            pixel_values_dino=pixel_values_dino,
+            image_sizes=image_sizes,
+            pixel_values_videos=pixel_values_videos,
+            pixel_values_videos_dino=pixel_values_videos_dino,
+            video_num_frames=video_num_frames,
+            video_sizes=video_sizes,
+            mm_encoder_outputs=mm_encoder_outputs,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        labels = outputs.labels
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return LongVUCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            attention_mask=outputs.attention_mask,
+            labels=labels,
+            compression=outputs.compression,
+            image_compression=outputs.image_compression,
+        )
+
+    @torch.no_grad()
+    def generate(self, inputs: torch.Tensor | None = None, **kwargs: Any):
+        """Encode the videos/images once, expand their placeholders, then run the standard `generate`.
+
+        Accepts the processor's outputs as they are (`input_ids`, `attention_mask`, `pixel_values_videos`,
+        `pixel_values_videos_dino`, `video_num_frames`, `video_sizes`, or the image equivalents). The compression
+        reports of the last call are kept in `self.last_compression`.
+        """
+        visual = {name: kwargs.pop(name) for name in VISUAL_INPUT_NAMES if kwargs.get(name) is not None}
+        for name in VISUAL_INPUT_NAMES:
+            kwargs.pop(name, None)
+        if not visual:
+            return super().generate(inputs, **kwargs)
+        input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+        attention_mask = kwargs.pop("attention_mask", None)
+        if input_ids is None:
+            raise ValueError("`input_ids` are required when generating from videos or images")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        encoded = self.model.encode_visual_inputs(input_ids, attention_mask, **visual)
+        video, image = encoded.get("video"), encoded.get("image")
+        input_ids, attention_mask, _ = self.model.expand_placeholders(
+            input_ids,
+            attention_mask,
+            None,
+            [len(f) for f in video.pooler_output] if video is not None else [],
+            [len(f) for f in image.pooler_output] if image is not None else [],
+        )
+        self.last_compression = {"video": video.compression if video else None, "image": image.compression if image else None}
+        return super().generate(input_ids, attention_mask=attention_mask, mm_encoder_outputs=encoded, **kwargs)
+
+
+__all__ = ["LongVUForConditionalGeneration", "LongVUModel", "LongVUPreTrainedModel"]
