@@ -322,7 +322,7 @@ class LongVUModel(LongVUPreTrainedModel):
         """For each of `count` visual items (in placeholder order): its sample's real text length (placeholders
         included), the number of visual items sharing that sample, and the ids after the sample's last placeholder."""
         if input_ids is None:
-            raise ValueError(f"`input_ids` are needed with `{name}`: LongVU's token budget depends on the prompt")
+            raise ValueError(f"The prompt's `input_ids` are needed with `{name}`: LongVU's token budget depends on the prompt")
         visual_ids = [self.config.video_token_id, self.config.image_token_id]
         layout = []
         for row in range(input_ids.shape[0]):
@@ -370,21 +370,23 @@ class LongVUModel(LongVUPreTrainedModel):
         pixel_values_videos_dino: torch.Tensor,
         video_num_frames: torch.Tensor | None = None,
         video_sizes: torch.Tensor | None = None,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        prompt_input_ids: torch.LongTensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> LongVUVisualFeaturesOutput:
         """Encode and compress every video; `pooler_output` holds one `(tokens_i, hidden)` tensor per video.
 
-        The token budget of each video is computed from its own sample's prompt (`input_ids`, `attention_mask`), as
-        the reference does for batch item 0 (REFERENCE.md §3-5). A sample with several visual items splits its budget
-        equally among them. `compression` holds one report per video.
+        The token budget of each video is computed from its own sample's prompt (`prompt_input_ids`, with one
+        placeholder per video, and `prompt_attention_mask`), as the reference does for batch item 0 (REFERENCE.md
+        §3-5). A sample with several visual items splits its budget equally among them. `compression` holds one report
+        per video. (The prompt arguments are not named `input_ids`/`attention_mask` because `generate` hands every
+        model kwarg matching this signature to the encoder and then drops it.)
         """
         if pixel_values_videos_dino is None:
             raise ValueError("`pixel_values_videos_dino` is required with `pixel_values_videos`")
         videos, videos_dino = self._split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames)
         layout = self._prompt_layout(
-            input_ids, attention_mask, self.config.video_token_id, len(videos), "pixel_values_videos"
+            prompt_input_ids, prompt_attention_mask, self.config.video_token_id, len(videos), "pixel_values_videos"
         )
         if video_sizes is None:
             video_sizes = torch.tensor([[v.shape[-2], v.shape[-1]] for v in videos])

@@ -1,0 +1,333 @@
+"""LongVUForConditionalGeneration with tiny random weights: expansion, generation, save/load, training hooks, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
+from transformers.generation.streamers import BaseStreamer
+
+from longvu_hf import LongVUConfig, LongVUForConditionalGeneration, LongVUModel
+
+from tiny_model import TINY_IMAGE_TOKEN_ID, TINY_VIDEO_TOKEN_ID, make_tiny_model, random_video_inputs
+
+V = TINY_VIDEO_TOKEN_ID
+I = TINY_IMAGE_TOKEN_ID
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_tiny_model()
+
+
+def batch_of_two(first_frames=3, second_frames=5, padding_side="left"):
+    """Two samples with different prompt lengths and videos of different lengths, padded on `padding_side`."""
+    prompts = [[5, 6, V, 7, 8], [5, 9, 10, 11, V, 12, 13, 14]]
+    videos = [random_video_inputs(first_frames, seed=1), random_video_inputs(second_frames, 48, 48, seed=2)]
+    width = max(map(len, prompts))
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        span = slice(width - len(prompt), width) if padding_side == "left" else slice(0, len(prompt))
+        ids[row, span] = torch.tensor(prompt)
+        mask[row, span] = 1
+    batch = {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values_videos": torch.cat([v["pixel_values_videos"] for v in videos]),
+        "pixel_values_videos_dino": torch.cat([v["pixel_values_videos_dino"] for v in videos]),
+        "video_num_frames": torch.tensor([first_frames, second_frames]),
+        "video_sizes": torch.cat([v["video_sizes"] for v in videos]),
+    }
+    singles = [{"input_ids": torch.tensor([p]), **v} for p, v in zip(prompts, videos)]
+    return batch, singles
+
+
+def test_config_round_trip(tmp_path):
+    config = make_tiny_model().config
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded, LongVUConfig)
+    assert loaded.to_diff_dict() | {"_name_or_path": ""} == config.to_diff_dict() | {"_name_or_path": ""}
+    assert loaded.video_token_id == V and loaded.image_token_id == I
+    with pytest.raises(ValueError, match="video_size_convention"):
+        LongVUConfig(video_size_convention="sideways")
+    with pytest.raises(ValueError, match="num_queries"):
+        LongVUConfig(num_queries=100)
+
+
+def test_release_defaults():
+    config = LongVUConfig()
+    assert (config.dino_threshold, config.dino_window_size, config.max_frames_after_selection) == (0.83, 16, 400)
+    assert (config.stc_window_size, config.stc_threshold, config.lowres_grid_size) == (8, 0.7, 8)
+    assert (config.max_context_length, config.context_margin, config.num_queries) == (8192, 16, 144)
+    assert config.aggregator_hidden_size == 1024 and config.aggregator_num_layers == 3
+    assert config.text_config.model_type == "qwen2" and not config.tie_word_embeddings
+    assert config.vision_config.image_size == 384 and config.dino_image_size == 378
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_expand_placeholders(model, padding_side):
+    ids = torch.tensor([[0, 0, 5, V, 6], [5, 7, V, 8, 9]]) if padding_side == "left" else torch.tensor(
+        [[5, V, 6, 0, 0], [5, 7, V, 8, 9]]
+    )
+    mask = (ids != 0).long()
+    labels = ids.clone().masked_fill(mask == 0, -100)
+    new_ids, new_mask, new_labels = model.model.expand_placeholders(ids, mask, labels, [3, 2], [])
+    if padding_side == "left":
+        assert new_ids.tolist() == [[0, 5, V, V, V, 6], [5, 7, V, V, 8, 9]]
+        assert new_mask.tolist() == [[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
+        assert new_labels.tolist() == [[-100, 5, -100, -100, -100, 6], [5, 7, -100, -100, 8, 9]]
+    else:
+        assert new_ids.tolist() == [[5, V, V, V, 6, 0], [5, 7, V, V, 8, 9]]
+        assert new_mask.tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 1]]
+        assert new_labels.tolist() == [[5, -100, -100, -100, 6, -100], [5, 7, -100, -100, 8, 9]]
+
+
+def test_forward_expands_inside_and_returns_report(model):
+    inputs = random_video_inputs(4)
+    ids = torch.tensor([[5, 6, V, 7, 8]])
+    labels = torch.tensor([[-100, -100, -100, 7, 8]])
+    out = model(input_ids=ids, labels=labels, **inputs)
+    report = out.compression[0]
+    assert out.logits.shape[1] == 4 + report["num_visual_tokens"]
+    assert out.labels.shape == out.attention_mask.shape == out.logits.shape[:2]
+    assert (out.labels[0, 2 : 2 + report["num_visual_tokens"]] == -100).all()
+    assert out.labels[0, -2:].tolist() == [7, 8]
+    assert torch.isfinite(out.loss)
+    for key in ("num_input_frames", "kept_frame_indices", "high_res_frame_indices", "tokens_per_frame", "path",
+                "num_visual_tokens", "budget"):
+        assert key in report
+    assert report["num_input_frames"] == 4 and sum(report["tokens_per_frame"]) == report["num_visual_tokens"]
+
+
+def test_uint8_and_float_pixels_agree(model):
+    inputs = random_video_inputs(2)
+    ids = torch.tensor([[5, V, 7]])
+    cfg = model.config
+    as_float = dict(inputs)
+    as_float["pixel_values_videos"] = model.model._normalize(
+        inputs["pixel_values_videos"], cfg.siglip_image_mean, cfg.siglip_image_std, "cpu", torch.float32
+    )
+    as_float["pixel_values_videos_dino"] = model.model._normalize(
+        inputs["pixel_values_videos_dino"], cfg.dino_image_mean, cfg.dino_image_std, "cpu", torch.float32
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids, **inputs).logits, model(input_ids=ids, **as_float).logits)
+
+
+def test_five_dimensional_video_input(model):
+    inputs = random_video_inputs(3)
+    ids = torch.tensor([[5, V, 7]])
+    with torch.no_grad():
+        flat = model(input_ids=ids, **inputs).logits
+        stacked = model(
+            input_ids=ids,
+            pixel_values_videos=inputs["pixel_values_videos"].unsqueeze(0),
+            pixel_values_videos_dino=inputs["pixel_values_videos_dino"].unsqueeze(0),
+            video_sizes=inputs["video_sizes"],
+        ).logits
+    torch.testing.assert_close(flat, stacked)
+
+
+def test_generate_encodes_once_and_matches_uncached(model, monkeypatch):
+    inputs = {"input_ids": torch.tensor([[5, 6, V, 7]]), **random_video_inputs(3)}
+    calls = []
+    original = model.model.get_video_features
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model.model, "get_video_features", counting)
+    cached = model.generate(**inputs, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    assert len(calls) == 1
+    uncached = model.generate(**inputs, max_new_tokens=6, do_sample=False, min_new_tokens=6, use_cache=False)
+    assert len(calls) == 2
+    assert cached.tolist() == uncached.tolist()
+    report = model.last_compression["video"][0]
+    assert cached.shape[1] == 3 + report["num_visual_tokens"] + 6
+    # the placeholders never appear among generated tokens
+    assert not (cached[:, -6:] == V).any()
+
+
+def test_left_padded_batch_equals_single_samples():
+    model = make_tiny_model(max_context_length=420)  # small budget: selection, mixing and STC paths are exercised
+    batch, singles = batch_of_two()
+    batch_out = model.generate(**batch, max_new_tokens=5, do_sample=False, min_new_tokens=5)
+    batch_reports = model.last_compression["video"]
+    for row, single in enumerate(singles):
+        single_out = model.generate(**single, max_new_tokens=5, do_sample=False, min_new_tokens=5)
+        assert batch_out[row, -5:].tolist() == single_out[0, -5:].tolist()
+        assert batch_reports[row] == model.last_compression["video"][0]
+    # budgets come from each sample's own prompt, not from batch item 0
+    assert batch_reports[0]["budget"] != batch_reports[1]["budget"]
+
+
+def test_right_padded_batch_logits_equal_single_samples():
+    model = make_tiny_model()
+    batch, singles = batch_of_two(padding_side="right")
+    with torch.no_grad():
+        out = model(**batch)
+        for row, single in enumerate(singles):
+            single_logits = model(**single).logits[0]
+            length = single_logits.shape[0]
+            torch.testing.assert_close(out.logits[row, :length], single_logits, atol=1e-5, rtol=1e-4)
+            assert int(out.attention_mask[row].sum()) == length
+
+
+def test_beam_search_sampling_and_streamer(model):
+    inputs = {"input_ids": torch.tensor([[5, V, 7]]), **random_video_inputs(2)}
+    beams = model.generate(**inputs, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False)
+    assert beams.shape[0] == 2
+    torch.manual_seed(0)
+    sampled = model.generate(**inputs, max_new_tokens=4, do_sample=True, top_p=0.9, num_return_sequences=2)
+    assert sampled.shape[0] == 2
+
+    class Collect(BaseStreamer):
+        def __init__(self):
+            self.chunks = []
+
+        def put(self, value):
+            self.chunks.append(value.tolist())
+
+        def end(self):
+            self.chunks.append("end")
+
+    streamer = Collect()
+    out = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False, streamer=streamer)
+    assert streamer.chunks[-1] == "end" and len(streamer.chunks) == 1 + 3 + 1  # prompt, 3 tokens, end
+    assert [c[0] for c in streamer.chunks[1:-1]] == out[0, -3:].tolist()
+
+
+@pytest.mark.parametrize("text_model_type", ["qwen2", "llama"])
+def test_save_and_load_with_auto_classes(tmp_path, text_model_type):
+    model = make_tiny_model(text_model_type=text_model_type)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path, dtype=torch.float32)
+    assert isinstance(loaded, LongVUForConditionalGeneration)
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    tied = loaded.lm_head.weight.data_ptr() == loaded.get_input_embeddings().weight.data_ptr()
+    assert tied == (text_model_type == "llama") == loaded.config.tie_word_embeddings
+    assert isinstance(AutoModelForMultimodalLM.from_pretrained(tmp_path), LongVUForConditionalGeneration)
+    base = AutoModel.from_pretrained(tmp_path, dtype=torch.float32)
+    assert isinstance(base, LongVUModel)
+    assert torch.equal(base.image_newline, model.model.image_newline)
+    inputs = {"input_ids": torch.tensor([[5, V, 7]]), **random_video_inputs(2)}
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, loaded(**inputs).logits)
+
+
+def test_eager_and_sdpa_agree(tmp_path):
+    model = make_tiny_model()
+    model.save_pretrained(tmp_path)
+    inputs = {"input_ids": torch.tensor([[5, V, 7]]), **random_video_inputs(2)}
+    logits = {}
+    for implementation in ("eager", "sdpa"):
+        loaded = AutoModelForImageTextToText.from_pretrained(
+            tmp_path, attn_implementation=implementation, dtype=torch.float32
+        )
+        assert loaded.config._attn_implementation == implementation
+        with torch.no_grad():
+            logits[implementation] = loaded(**inputs).logits
+    torch.testing.assert_close(logits["eager"], logits["sdpa"], atol=1e-4, rtol=1e-4)
+
+
+def test_activation_checkpointing_backward():
+    model = make_tiny_model()
+    model.train()
+    model.gradient_checkpointing_enable()
+    model.model.vision_tower.requires_grad_(False)
+    model.model.dino_tower.requires_grad_(False)
+    inputs = random_video_inputs(2)
+    ids = torch.tensor([[5, V, 7, 8]])
+    out = model(input_ids=ids, labels=ids, **inputs)
+    out.loss.backward()
+    aggregator_grads = [p.grad for p in model.model.vision_aggregator.parameters()]
+    assert all(g is not None for g in aggregator_grads)
+    assert model.model.image_newline.grad is not None
+    assert all(p.grad is None for p in model.model.vision_tower.parameters())
+
+
+def test_no_split_modules_and_device_map():
+    from accelerate import infer_auto_device_map
+
+    model = make_tiny_model()
+    no_split = set(model._no_split_modules)
+    assert {"Qwen2DecoderLayer", "LongVUAggregatorLayer"} <= no_split
+    device_map = infer_auto_device_map(
+        model, max_memory={0: "300KB", "cpu": "10GB"}, no_split_module_classes=list(no_split)
+    )
+    # no decoder layer is split between devices
+    for name in device_map:
+        assert not name.startswith("model.language_model.layers.0.self_attn")
+
+
+def test_images_on_video_and_image_checkpoints():
+    video_ckpt = make_tiny_model()
+    image_ckpt = make_tiny_model(num_queries=576, highres=False)
+    pixels = {
+        "pixel_values": torch.randint(0, 256, (1, 3, 384, 384), dtype=torch.uint8),
+        "pixel_values_dino": torch.randint(0, 256, (1, 3, 378, 378), dtype=torch.uint8),
+        "image_sizes": torch.tensor([[480, 640]]),
+    }
+    ids = torch.tensor([[5, I, 7]])
+    with torch.no_grad():
+        on_video = video_ckpt(input_ids=ids, **pixels)
+        on_image = image_ckpt(input_ids=ids, **pixels)
+    # REFERENCE.md §9.2: a 640x480 image is 54 tokens on a video checkpoint (8x8 path) and 450 on an image one
+    assert on_video.image_compression[0]["num_visual_tokens"] == 54
+    assert on_image.image_compression[0]["num_visual_tokens"] == 450
+    assert on_video.logits.shape[1] == 2 + 54 and on_image.logits.shape[1] == 2 + 450
+    assert not any(len(layer.pos_embeds) for layer in image_ckpt.model.vision_aggregator.layers)
+    out = video_ckpt.generate(input_ids=ids, max_new_tokens=2, do_sample=False, **pixels)
+    assert out.shape[1] == 2 + 54 + 2
+
+
+def test_two_videos_in_one_sample_share_the_budget():
+    model = make_tiny_model(max_context_length=300)
+    first, second = random_video_inputs(4, seed=3), random_video_inputs(4, seed=4)
+    ids = torch.tensor([[5, V, 6, V, 7]])
+    inputs = {
+        "pixel_values_videos": torch.cat([first["pixel_values_videos"], second["pixel_values_videos"]]),
+        "pixel_values_videos_dino": torch.cat([first["pixel_values_videos_dino"], second["pixel_values_videos_dino"]]),
+        "video_num_frames": torch.tensor([4, 4]),
+        "video_sizes": torch.tensor([[36, 64], [36, 64]]),
+    }
+    with torch.no_grad():
+        out = model(input_ids=ids, **inputs)
+    reports = out.compression
+    assert len(reports) == 2
+    assert all(r["budget"] == (300 - 3 - 16) // 2 for r in reports)
+    assert out.logits.shape[1] == 3 + sum(r["num_visual_tokens"] for r in reports) <= 300 - 16
+
+
+def test_bad_inputs_raise_clear_errors(model):
+    inputs = random_video_inputs(3)
+    with pytest.raises(ValueError, match="placeholder"):
+        model(input_ids=torch.tensor([[5, V, V, 7]]), **inputs)
+    with pytest.raises(ValueError, match="placeholder"):
+        model(input_ids=torch.tensor([[5, 6, 7]]), **inputs)
+    with pytest.raises(ValueError, match="video_num_frames"):
+        model(input_ids=torch.tensor([[5, V, 7]]), **{**inputs, "video_num_frames": torch.tensor([5])})
+    with pytest.raises(ValueError, match="at least one frame"):
+        model(input_ids=torch.tensor([[5, V, 7]]), **{**inputs, "video_num_frames": torch.tensor([0])})
+    with pytest.raises(ValueError, match=r"pixel_values_videos.*384"):
+        bad = {**inputs, "pixel_values_videos": torch.zeros(3, 3, 224, 224, dtype=torch.uint8)}
+        model(input_ids=torch.tensor([[5, V, 7]]), **bad)
+    with pytest.raises(ValueError, match="pixel_values_videos_dino"):
+        model(input_ids=torch.tensor([[5, V, 7]]), **{**inputs, "pixel_values_videos_dino": None})
+    with pytest.raises(ValueError, match="leaves no room"):
+        model(input_ids=torch.full((1, 1100), 5).index_fill(1, torch.tensor([3]), V), **inputs)
+    with pytest.raises(ValueError, match="input_ids"):
+        model.model.get_video_features(inputs["pixel_values_videos"], inputs["pixel_values_videos_dino"])
+
+
+def test_text_only_forward_and_generate(model):
+    ids = torch.tensor([[5, 6, 7]])
+    out = model(input_ids=ids)
+    assert out.logits.shape == (1, 3, model.config.text_config.vocab_size) and out.compression is None
+    assert model.generate(input_ids=ids, max_new_tokens=2, do_sample=False).shape == (1, 5)
