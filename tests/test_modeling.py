@@ -239,7 +239,7 @@ def test_eager_and_sdpa_agree(tmp_path):
 def test_activation_checkpointing_backward():
     model = make_tiny_model()
     model.train()
-    model.gradient_checkpointing_enable()
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     model.model.vision_tower.requires_grad_(False)
     model.model.dino_tower.requires_grad_(False)
     inputs = random_video_inputs(2)
@@ -331,3 +331,18 @@ def test_text_only_forward_and_generate(model):
     out = model(input_ids=ids)
     assert out.logits.shape == (1, 3, model.config.text_config.vocab_size) and out.compression is None
     assert model.generate(input_ids=ids, max_new_tokens=2, do_sample=False).shape == (1, 5)
+
+
+def test_frame_selection_on_long_videos_bounds_cached_features():
+    """Past twice the cap, cached DINO features are dropped and the capped frames re-encoded: same result."""
+    model = make_tiny_model(max_frames_after_selection=5, vision_chunk_size=16, dino_threshold=0.999)
+    pixels = random_video_inputs(48, duplicate_runs=2)["pixel_values_videos_dino"]  # 24 distinct frames, twice each
+    with torch.no_grad():
+        indices, features, ran = model.model.select_video_frames(pixels, frame_budget=1)
+        model.config.max_frames_after_selection = 400
+        all_kept, _, _ = model.model.select_video_frames(pixels, frame_budget=1)
+        expected_features = model.model.dino_features(pixels[indices])
+    assert ran and len(indices) == 5
+    assert indices.tolist() == all_kept[[int(i * len(all_kept) / 5) for i in range(5)]].tolist()
+    torch.testing.assert_close(features, expected_features, atol=1e-5, rtol=1e-5)
+    assert len(all_kept) > 2 * 5  # enough survivors to take the re-encoding path

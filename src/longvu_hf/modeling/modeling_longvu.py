@@ -200,6 +200,8 @@ class LongVUModel(LongVUPreTrainedModel):
 
     def _normalize(self, pixels: torch.Tensor, mean, std, device, dtype) -> torch.Tensor:
         """uint8 pixels are rescaled and normalised here, on the model's device; float pixels are taken as given."""
+        if pixels.device.type == "cpu" and torch.device(device).type == "cuda":
+            pixels = pixels.pin_memory()  # lets the host-to-device copy of each chunk overlap with compute
         pixels = pixels.to(device, non_blocking=True)
         if pixels.dtype == torch.uint8:
             mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -247,28 +249,38 @@ class LongVUModel(LongVUPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """DINOv2 on every frame in chunks, then temporal reduction when the video exceeds `frame_budget` frames.
 
-        Only the features of kept frames are retained as chunks are processed (windows never straddle chunks).
+        Memory stays bounded on hour-long videos: windows never straddle chunks, each chunk's features are reduced to
+        its kept frames at once, and once more frames survive than twice the final cap, the cached features are
+        dropped and only the capped frames are re-encoded at the end.
         Returns the kept frame indices, their DINO features, and whether the reduction ran.
         """
         num_frames = len(pixels_dino)
         if num_frames < frame_budget:
             return torch.arange(num_frames), self.dino_features(pixels_dino), False
         window = self.config.dino_window_size
+        cap = self.config.max_frames_after_selection
         chunk_size = max(window, self.config.vision_chunk_size // window * window)
-        kept_indices, kept_features = [], []
+        kept_indices, kept_features, num_kept = [], [], 0
         for start in range(0, num_frames, chunk_size):
             features = self._dino_chunk(pixels_dino[start : start + chunk_size])
             for offset in range(0, len(features), window):
                 scores = C.dino_window_scores(features[offset : offset + window])
                 local = C.select_frames_in_window(scores, self.config.dino_threshold).to(features.device)
                 kept_indices.append(local.cpu() + start + offset)
-                kept_features.append(features[offset : offset + window][local])
+                num_kept += len(local)
+                if kept_features is not None:
+                    kept_features.append(features[offset : offset + window][local])
+            if kept_features is not None and num_kept > 2 * cap:
+                kept_features = None  # re-encode the capped frames instead of holding all survivors
         indices = torch.cat(kept_indices)
-        features = torch.cat(kept_features)
         if num_frames >= window:
-            picks = C.cap_frame_indices(torch.arange(len(indices)), self.config.max_frames_after_selection)
-            indices, features = indices[picks], features[picks.to(features.device)]
-        return indices, features, True
+            picks = C.cap_frame_indices(torch.arange(len(indices)), cap)
+        else:
+            picks = torch.arange(len(indices))
+        if kept_features is None:
+            return indices[picks], self.dino_features(pixels_dino[indices[picks].to(pixels_dino.device)]), True
+        features = torch.cat(kept_features)
+        return indices[picks], features[picks.to(features.device)], True
 
     # ---------------------------------------------------------------------------------------------------------------
     # Aggregation, projection, unpadding
