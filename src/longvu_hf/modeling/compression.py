@@ -166,7 +166,7 @@ def padding_key_mask(grid_size: int, original_size: tuple[int, int], device=None
 def add_row_newlines(grid: torch.Tensor, newline: torch.Tensor) -> torch.Tensor:
     """Append `newline` after every row of `(frames, height, width, dim)` features; returns `(frames, tokens, dim)`."""
     frames, height = grid.shape[:2]
-    newlines = newline.to(grid.dtype).view(1, 1, 1, -1).expand(frames, height, 1, -1)
+    newlines = newline.to(grid.device, grid.dtype).view(1, 1, 1, -1).expand(frames, height, 1, -1)
     return torch.cat([grid, newlines], dim=2).flatten(1, 2)
 
 

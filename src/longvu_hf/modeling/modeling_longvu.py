@@ -445,7 +445,7 @@ class LongVUModel(LongVUPreTrainedModel):
             num_high = C.num_high_res_frames(splice_budget, visual_len, high.shape[1], frames.shape[1])
             if num_high >= 1:
                 query = self.get_input_embeddings()(prompt["query_ids"].to(self.get_input_embeddings().weight.device))
-                scores = C.query_frame_scores(frames, query.to(frames.dtype))
+                scores = C.query_frame_scores(frames, query.to(frames.device, frames.dtype))
                 high_positions = C.pick_high_res_frames(scores, num_high)
                 tokens, tokens_per_frame = C.mix_resolutions(high, frames, high_positions)
                 path = "mix"
