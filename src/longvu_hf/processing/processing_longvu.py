@@ -1,0 +1,240 @@
+"""LongVU processor: tokenizer + video processor, one placeholder token per video or image, and chat templates."""
+
+from typing import Any
+
+from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin
+
+from .video_processing_longvu import LongVUVideoProcessor, LongVUVideoProcessorKwargs
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+CHAT_TEMPLATE_BACKBONES = ("qwen2", "llama3")
+
+# Both templates put every video/image placeholder of a message first, each followed by "\n", then the text: this is
+# the reference's `"<image>\n" + question` (REFERENCE.md §6.1) whatever the order of the blocks. Assistant turns are
+# wrapped in {% generation %} so that `return_assistant_tokens_mask=True` marks what training should learn.
+_RENDER_CONTENT_MACRO = """{%- macro render_content(content) -%}
+{%- if content is string -%}{{- content -}}
+{%- else -%}
+{%- for block in content -%}
+{%- if block['type'] == 'video' -%}{{- video_token + '\\n' -}}
+{%- elif block['type'] == 'image' -%}{{- image_token + '\\n' -}}
+{%- endif -%}
+{%- endfor -%}
+{%- for block in content -%}
+{%- if block['type'] == 'text' -%}{{- block['text'] -}}{%- endif -%}
+{%- endfor -%}
+{%- endif -%}
+{%- endmacro -%}
+"""
+
+_QWEN2_BODY = """{%- if messages[0]['role'] != 'system' -%}
+{{- '<|im_start|>system\\n' + default_system + '<|im_end|>\\n' -}}
+{%- endif -%}
+{%- for message in messages -%}
+{%- if message['role'] == 'assistant' -%}
+{{- '<|im_start|>assistant\\n' -}}{% generation %}{{- render_content(message['content']) + '<|im_end|>' -}}{% endgeneration %}{{- '\\n' -}}
+{%- else -%}
+{{- '<|im_start|>' + message['role'] + '\\n' + render_content(message['content']) + '<|im_end|>\\n' -}}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{- '<|im_start|>assistant\\n' -}}
+{%- endif -%}
+"""
+
+# The template LongVU's Llama-3.2 checkpoints were trained with (`preprocess_llama3`): no "Cutting Knowledge Date"
+# header, contents trimmed.
+_LLAMA3_BODY = """{{- '<|begin_of_text|>' -}}
+{%- if messages[0]['role'] != 'system' -%}
+{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' + default_system + '<|eot_id|>' -}}
+{%- endif -%}
+{%- for message in messages -%}
+{%- if message['role'] == 'assistant' -%}
+{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{% generation %}{{- render_content(message['content']) | trim + '<|eot_id|>' -}}{% endgeneration %}
+{%- else -%}
+{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + render_content(message['content']) | trim + '<|eot_id|>' -}}
+{%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}
+{%- endif -%}
+"""
+
+
+def _jinja_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def get_chat_template(
+    backbone: str,
+    video_token: str = "<video>",
+    image_token: str = "<image>",
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+) -> str:
+    """The chat template of a released LongVU backbone: `"qwen2"` (ChatML) or `"llama3"` (the training template).
+
+    The placeholder tokens are written into the template, so a saved `chat_template.jinja` renders them by itself.
+
+    Example:
+
+    ```python
+    >>> from jinja2 import Template
+    >>> template = get_chat_template("qwen2")
+    >>> messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
+    >>> print(processor.apply_chat_template(messages, chat_template=template, add_generation_prompt=True))
+    <|im_start|>system
+    You are a helpful assistant.<|im_end|>
+    <|im_start|>user
+    <video>
+    What happens?<|im_end|>
+    <|im_start|>assistant
+    <BLANKLINE>
+    ```
+    """
+    bodies = {"qwen2": _QWEN2_BODY, "llama3": _LLAMA3_BODY}
+    if backbone not in bodies:
+        raise ValueError(f"`backbone` must be one of {CHAT_TEMPLATE_BACKBONES}, got {backbone!r}")
+    header = (
+        f"{{%- set video_token = {_jinja_string(video_token)} -%}}\n"
+        f"{{%- set image_token = {_jinja_string(image_token)} -%}}\n"
+        f"{{%- set default_system = {_jinja_string(system_prompt)} -%}}\n"
+    )
+    return header + _RENDER_CONTENT_MACRO + bodies[backbone]
+
+
+class LongVUProcessorKwargs(ProcessingKwargs, total=False):
+    videos_kwargs: LongVUVideoProcessorKwargs
+
+
+class _ImagesThroughVideoProcessor:
+    """Routes the `images=` of `ProcessorMixin.__call__` to `LongVUVideoProcessor.preprocess_images`.
+
+    LongVU preprocesses a still image like a one-frame video, so the processor has no separate image processor to
+    save; this view only gives the standard processor machinery the interface it expects.
+    """
+
+    valid_kwargs = ImagesKwargs
+
+    def __init__(self, video_processor: LongVUVideoProcessor):
+        self.video_processor = video_processor
+        self.model_input_names = list(video_processor.image_input_names)
+
+    def __call__(self, images: Any, **kwargs):
+        return self.video_processor.preprocess_images(images, **kwargs)
+
+    def fetch_images(self, images: Any):
+        return self.video_processor.fetch_images(images)
+
+
+class LongVUProcessor(ProcessorMixin):
+    r"""
+    Processor of LongVU: a tokenizer and a `LongVUVideoProcessor`.
+
+    Each video (or image) is written in the text as ONE placeholder token (`video_token`, default `"<video>"`;
+    `image_token`, default `"<image>"`, or the tokenizer's own `video_token`/`image_token`); the model replaces it by
+    however many visual tokens its compression keeps. Missing placeholders are added to the tokenizer as special tokens,
+    so that decoding with `skip_special_tokens=True` drops them.
+
+    `processor(text=..., videos=..., images=...)` returns `input_ids`, `attention_mask`, and the video processor's
+    outputs (`pixel_values_videos`, `pixel_values_videos_dino`, `video_num_frames`, `video_sizes`; for images
+    `pixel_values`, `pixel_values_dino`, `image_sizes`). Sampling options (`fps`, `num_frames`, `max_frames`,
+    `start_time`, `end_time`, ...) are passed along to the video processor. For batched generation, pad on the left
+    (`processor.tokenizer.padding_side = "left"`).
+
+    The chat templates of both released backbones are available as `LongVUProcessor.QWEN_CHAT_TEMPLATE`,
+    `LongVUProcessor.LLAMA3_CHAT_TEMPLATE` and `get_chat_template(backbone, video_token, image_token)`. When no
+    template is given, the Llama-3 one is used for tokenizers whose BOS is `<|begin_of_text|>`, the Qwen2 one otherwise.
+
+    Example:
+
+    ```python
+    >>> processor = LongVUProcessor(tokenizer, LongVUVideoProcessor())
+    >>> messages = [{"role": "user", "content": [
+    ...     {"type": "video", "path": "clip.mp4"}, {"type": "text", "text": "What happens?"}]}]
+    >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+    ...                                        return_dict=True, return_tensors="pt", processor_kwargs={"fps": 1})
+    >>> sorted(inputs.keys())
+    ['attention_mask', 'input_ids', 'pixel_values_videos', 'pixel_values_videos_dino', 'video_num_frames', 'video_sizes']
+    >>> answer = processor.post_process_image_text_to_text(model.generate(**inputs)[:, inputs["input_ids"].shape[1]:])
+    ```
+    """
+
+    QWEN_CHAT_TEMPLATE = get_chat_template("qwen2")
+    LLAMA3_CHAT_TEMPLATE = get_chat_template("llama3")
+    get_chat_template = staticmethod(get_chat_template)
+    valid_processor_kwargs = LongVUProcessorKwargs
+
+    def __init__(
+        self,
+        tokenizer=None,
+        video_processor=None,
+        chat_template: str | None = None,
+        video_token: str = "<video>",
+        image_token: str = "<image>",
+        **kwargs,
+    ):
+        if tokenizer is None:
+            raise ValueError("LongVUProcessor needs a tokenizer.")
+        if video_processor is None:
+            video_processor = LongVUVideoProcessor()
+        self.video_token = self._tokenizer_token(tokenizer, "video_token") or video_token
+        self.image_token = self._tokenizer_token(tokenizer, "image_token") or image_token
+        self._ensure_special_tokens(tokenizer, [self.video_token, self.image_token])
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        if chat_template is None:
+            backbone = "llama3" if tokenizer.bos_token == "<|begin_of_text|>" else "qwen2"
+            chat_template = get_chat_template(backbone, self.video_token, self.image_token)
+        super().__init__(tokenizer, video_processor, chat_template=chat_template, **kwargs)
+
+    @staticmethod
+    def _tokenizer_token(tokenizer, name: str) -> str | None:
+        try:
+            value = getattr(tokenizer, name, None)
+        except (AttributeError, KeyError):
+            return None
+        return str(value) if value else None
+
+    @staticmethod
+    def _ensure_special_tokens(tokenizer, tokens: list[str]) -> None:
+        """Adds the placeholders as special tokens if the tokenizer lacks them (or has them as ordinary words)."""
+        special = set(tokenizer.all_special_tokens)
+        missing = [token for token in tokens if token not in special]
+        if missing:
+            tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+
+    @property
+    def image_processor(self) -> _ImagesThroughVideoProcessor:
+        """Images go through the video processor (`preprocess_images`); there is no separate image processor."""
+        return _ImagesThroughVideoProcessor(self.video_processor)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        names = list(self.tokenizer.model_input_names) + list(self.video_processor.model_input_names)
+        return names + list(self.video_processor.image_input_names)
+
+    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        # One placeholder per video: the model expands it to the compressed length (DESIGN.md, "Placeholder expansion").
+        return self.video_token
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
+        """Decodes generated token ids (a batch or a single sequence) to a list of strings.
+
+        Example:
+
+        ```python
+        >>> processor.post_process_image_text_to_text(model.generate(**inputs, max_new_tokens=8))
+        ['... The video shows a red square moving to the right.']
+        ```
+        """
+        if hasattr(generated_outputs, "dim") and generated_outputs.dim() == 1:
+            generated_outputs = generated_outputs.unsqueeze(0)
+        elif isinstance(generated_outputs, (list, tuple)) and generated_outputs and isinstance(generated_outputs[0], int):
+            generated_outputs = [generated_outputs]
+        return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+
+
+__all__ = ["LongVUProcessor", "LongVUProcessorKwargs", "get_chat_template"]

@@ -1,0 +1,650 @@
+"""Streaming frame sources for the LongVU video processor.
+
+A frame source opens a video once to read its metadata (frame count, average fps, size) and then yields only the frames
+it is asked for, in small batches of RGB uint8 `(H, W, 3)` arrays, so that a long video never sits in memory at full
+resolution. Sources exist for video files and URLs (PyAV, torchcodec, decord), folders or lists of frame images, and
+in-memory arrays/tensors.
+
+Frame index `i` always means the `i`-th frame in presentation order, as decord (the reference decoder) counts them.
+
+Example:
+
+```python
+>>> source = open_frame_source("clip.mp4")
+>>> source.metadata.total_num_frames, source.metadata.fps
+(600, 29.97002997002997)
+>>> for batch in source.iter_frames(np.array([0, 30, 60]), batch_size=2):
+...     [(slot, frame.shape) for slot, frame in batch]
+[(0, (36, 64, 3)), (1, (36, 64, 3))]
+[(2, (36, 64, 3))]
+```
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import os
+import queue
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from transformers.utils import is_av_available, is_decord_available, is_torchcodec_available
+from transformers.video_utils import VideoMetadata
+
+VIDEO_BACKENDS = ("pyav", "torchcodec", "decord")
+# "auto" tries these in order. PyAV comes first because its decoder below skips the non-reference frames it does not
+# need and seeks over whole GOPs, which measured ~40% less CPU than torchcodec on 1-fps sampling (benchmarks/README.md).
+AUTO_BACKEND_ORDER = ("pyav", "torchcodec", "decord")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+# A batch is a list of (slot, frame): `slot` is the position in the requested index array, `frame` is (H, W, 3) uint8.
+FrameBatch = list[tuple[int, np.ndarray]]
+
+
+class FrameSource:
+    """Base class: `metadata` describes the whole video; `iter_frames` yields the requested frames batch by batch."""
+
+    name: str
+    metadata: VideoMetadata
+
+    def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
+        raise NotImplementedError
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(height, width) of the source frames."""
+        return int(self.metadata.height), int(self.metadata.width)
+
+
+def _batched(pairs: Iterator[tuple[int, np.ndarray]], batch_size: int) -> Iterator[FrameBatch]:
+    batch: FrameBatch = []
+    for pair in pairs:
+        batch.append(pair)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _slots_by_index(indices: np.ndarray) -> dict[int, list[int]]:
+    """Frame index -> the output slots that want it (an index may be requested twice)."""
+    slots: dict[int, list[int]] = {}
+    for slot, index in enumerate(np.asarray(indices).tolist()):
+        slots.setdefault(int(index), []).append(slot)
+    return slots
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# In-memory videos
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _is_channels_first(array: Any) -> bool:
+    """Whether a frame (C, H, W) or video (T, C, H, W) puts channels first (ambiguous shapes count as last)."""
+    shape = tuple(array.shape)
+    return shape[-3] in (1, 3, 4) and shape[-1] not in (1, 3, 4)
+
+
+def to_uint8_hwc(frame: Any, channels_first: bool | None = None) -> np.ndarray:
+    """Converts one frame (PIL image, (H, W, C) or (C, H, W) array/tensor, uint8 or float) to RGB uint8 (H, W, 3)."""
+    from PIL import Image
+
+    if isinstance(frame, Image.Image):
+        return np.asarray(frame.convert("RGB"))
+    if hasattr(frame, "detach"):  # torch tensor
+        frame = frame.detach().cpu().numpy()
+    frame = np.asarray(frame)
+    if frame.ndim == 2:
+        frame = frame[..., None]
+    if frame.ndim != 3:
+        raise ValueError(f"A video frame must have 2 or 3 dimensions, got shape {tuple(frame.shape)}")
+    if channels_first is None:
+        channels_first = _is_channels_first(frame)
+    if channels_first:
+        frame = frame.transpose(1, 2, 0)
+    if frame.dtype != np.uint8:
+        frame = frame.astype(np.float32)
+        # Frames already scaled to [0, 1] (e.g. from ToTensor) are brought back to [0, 255].
+        if frame.size and frame.max() <= 1.0:
+            frame = frame * 255.0
+        frame = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    if frame.shape[-1] == 1:
+        frame = np.repeat(frame, 3, axis=-1)
+    elif frame.shape[-1] == 4:
+        frame = np.asarray(Image.fromarray(np.ascontiguousarray(frame), "RGBA").convert("RGB"))
+    return frame
+
+
+class ArrayFrameSource(FrameSource):
+    """A decoded video: a (T, H, W, C) / (T, C, H, W) array or tensor, or a list of frames (PIL images or arrays)."""
+
+    def __init__(self, video: Any, name: str, metadata: VideoMetadata | dict | None = None):
+        self.name = name
+        self._video = video
+        num_frames = len(video)
+        if num_frames == 0:
+            raise ValueError(f"Video {name} has no frames.")
+        # One decision for the whole video, so that a tiny frame cannot be misread.
+        self._channels_first = _is_channels_first(video) if getattr(video, "ndim", 0) == 4 else None
+        first = to_uint8_hwc(video[0], self._channels_first)
+        height, width = first.shape[:2]
+        fields = dict(total_num_frames=num_frames, fps=None, width=width, height=height, video_backend="array")
+        if metadata is not None:
+            # The user's metadata (usually just `fps`) wins over what can be read from the array.
+            fields.update({key: value for key, value in dict(metadata).items() if value is not None})
+        fields["total_num_frames"] = num_frames
+        fields.pop("frames_indices", None)
+        self.metadata = VideoMetadata(**fields)
+        if self.metadata.fps and not self.metadata.duration:
+            self.metadata.duration = num_frames / float(self.metadata.fps)
+
+    def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
+        pairs = (
+            (slot, to_uint8_hwc(self._video[int(index)], self._channels_first))
+            for slot, index in enumerate(np.asarray(indices))
+        )
+        return _batched(pairs, batch_size)
+
+
+def _natural_key(name: str) -> list:
+    # "frame2.jpg" sorts before "frame10.jpg".
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+class ImageSequenceFrameSource(FrameSource):
+    """A video stored as image files: a folder (files sorted by name) or an explicit list of paths/URLs."""
+
+    def __init__(self, images: str | Sequence[str], name: str, metadata: VideoMetadata | dict | None = None):
+        from PIL import Image
+
+        self.name = name
+        if isinstance(images, str):
+            files = [
+                os.path.join(images, entry)
+                for entry in os.listdir(images)
+                if entry.lower().endswith(IMAGE_EXTENSIONS) and not entry.startswith(".")
+            ]
+            self._images = sorted(files, key=lambda path: _natural_key(os.path.basename(path)))
+        else:
+            self._images = list(images)
+        if not self._images:
+            raise ValueError(f"Frame folder {name} holds no image files ({', '.join(IMAGE_EXTENSIONS)}).")
+        first = self._load(0, Image)
+        fields = dict(
+            total_num_frames=len(self._images),
+            fps=None,
+            width=first.shape[1],
+            height=first.shape[0],
+            video_backend="images",
+        )
+        if metadata is not None:
+            fields.update({key: value for key, value in dict(metadata).items() if value is not None})
+        fields["total_num_frames"] = len(self._images)
+        fields.pop("frames_indices", None)
+        self.metadata = VideoMetadata(**fields)
+
+    def _load(self, index: int, Image) -> np.ndarray:
+        from transformers.image_utils import load_image
+
+        location = self._images[index]
+        if not isinstance(location, str):
+            return to_uint8_hwc(location)
+        if not location.startswith(("http://", "https://")) and not os.path.isfile(location):
+            raise FileNotFoundError(f"Frame image not found: '{location}' (frame {index} of video {self.name})")
+        try:
+            return np.asarray(load_image(location).convert("RGB"))
+        except Exception as error:  # PIL raises many types for bad files
+            raise ValueError(f"Could not read frame image '{location}' of video {self.name}: {error}") from error
+
+    def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
+        from PIL import Image
+
+        pairs = ((slot, self._load(int(index), Image)) for slot, index in enumerate(np.asarray(indices)))
+        return _batched(pairs, batch_size)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Video files: PyAV
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class _RestartSequential(Exception):
+    """Internal: the fast PyAV path met something it cannot handle safely; decode again, sequentially."""
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class PyAVFrameSource(FrameSource):
+    """Decodes a video file with PyAV, decoding as few frames as the codec allows.
+
+    Opening the file demuxes it once (no decoding) to learn every packet's timestamp: this gives the exact frame count
+    (also for containers without one in the header, such as mkv/webm) and the presentation index of each packet. While
+    decoding, the frames nobody asked for are skipped when no other frame references them (`skip_frame=NONREF`), and
+    whole GOPs are jumped over by seeking to the keyframe before the next requested frame. If a file's timestamps are
+    missing, duplicated or inconsistent, it falls back to plain sequential decoding, which is always exact.
+    """
+
+    def __init__(self, source: str | bytes, name: str, threads: bool = True):
+        import av
+
+        self.name = name
+        self._source = source
+        self._threads = threads
+        with self._open() as container:
+            stream = self._video_stream(container)
+            header_frames = int(stream.frames or 0)
+            average_rate = stream.average_rate or stream.guessed_rate
+            width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+            try:
+                packet_pts, keyframes = self._scan_packets(container, stream)
+            except av.error.FFmpegError as error:
+                raise ValueError(f"Video {name} is corrupt: reading its packets failed ({_describe(error)}).") from error
+
+        if not packet_pts:
+            raise ValueError(f"Video {name} has no frames.")
+        if header_frames and len(packet_pts) < header_frames:
+            raise ValueError(
+                f"Video {name} is truncated or corrupt: its header lists {header_frames} frames but only "
+                f"{len(packet_pts)} could be read."
+            )
+        total = len(packet_pts)
+        self._pts_to_rank: dict[int, int] | None = None
+        if all(pts is not None for pts in packet_pts) and len(set(packet_pts)) == total:
+            ordered = sorted(packet_pts)
+            self._pts_to_rank = {pts: rank for rank, pts in enumerate(ordered)}
+            self._pts_to_decode_pos = {pts: pos for pos, pts in enumerate(packet_pts)}
+            # Keyframes as (presentation rank, decode position, pts), sorted by rank, to find where to seek.
+            self._keyframes = sorted(
+                (self._pts_to_rank[pts], pos, pts) for pos, (pts, key) in enumerate(zip(packet_pts, keyframes)) if key
+            )
+        fps = float(average_rate) if average_rate else None
+        self.metadata = VideoMetadata(
+            total_num_frames=total,
+            fps=fps,
+            width=width,
+            height=height,
+            duration=total / fps if fps else None,
+            video_backend="pyav",
+        )
+
+    # -- opening -----------------------------------------------------------------------------------------------------
+
+    def _open(self):
+        import av
+
+        source = io.BytesIO(self._source) if isinstance(self._source, bytes) else self._source
+        try:
+            return av.open(source, mode="r")
+        except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
+            raise ValueError(
+                f"Could not open video {self.name}: not a readable video file, or it is truncated or corrupt "
+                f"({_describe(error)})."
+            ) from error
+
+    def _video_stream(self, container):
+        if not container.streams.video:
+            raise ValueError(f"Video {self.name} has no video stream.")
+        stream = container.streams.video[0]
+        codec_context = stream.codec_context
+        if codec_context is None or getattr(codec_context, "codec", None) is None:
+            raise ValueError(f"Video {self.name} uses a codec that FFmpeg cannot decode.")
+        if not codec_context.width or not codec_context.height:
+            codec_name = getattr(codec_context, "name", None) or "unknown"
+            raise ValueError(
+                f"Video {self.name}: unsupported or unreadable codec '{codec_name}' (no frame size could be read)."
+            )
+        return stream
+
+    @staticmethod
+    def _scan_packets(container, stream) -> tuple[list[int | None], list[bool]]:
+        packet_pts, keyframes = [], []
+        for packet in container.demux(stream):
+            if packet.size == 0:  # the flush packet at the end
+                continue
+            packet_pts.append(packet.pts)
+            keyframes.append(bool(packet.is_keyframe))
+        return packet_pts, keyframes
+
+    def _configure_decoder(self, stream) -> None:
+        if self._threads:
+            stream.thread_type = "AUTO"  # frame + slice threads: FFmpeg decodes on every core
+
+    # -- decoding ----------------------------------------------------------------------------------------------------
+
+    def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
+        return _batched(self._iter_pairs(np.asarray(indices)), batch_size)
+
+    def _iter_pairs(self, indices: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        import av
+
+        slots = _slots_by_index(indices)
+        delivered: set[int] = set()
+        try:
+            if self._pts_to_rank is not None:
+                try:
+                    for index, frame in self._decode_skipping(slots):
+                        delivered.add(index)
+                        for slot in slots[index]:
+                            yield slot, frame
+                except _RestartSequential:
+                    pass
+            if len(delivered) < len(slots):
+                for index, frame in self._decode_sequential(slots, skip=delivered):
+                    delivered.add(index)
+                    for slot in slots[index]:
+                        yield slot, frame
+        except av.error.FFmpegError as error:
+            raise ValueError(f"Video {self.name} is corrupt: decoding failed ({_describe(error)}).") from error
+        missing = sorted(set(slots) - delivered)
+        if missing:
+            raise ValueError(
+                f"Video {self.name} is truncated or corrupt: frame {missing[0]} (of {self.metadata.total_num_frames} "
+                f"listed) could not be decoded."
+            )
+
+    def _decode_skipping(self, slots: dict[int, list[int]]) -> Iterator[tuple[int, np.ndarray]]:
+        """Decodes the wanted frames, skipping unneeded non-reference frames and seeking over unneeded GOPs."""
+        wanted_set = set(slots)
+        pending = sorted(wanted_set, reverse=True)  # pending[-1] is the next frame to deliver
+        key_ranks = [rank for rank, _, _ in self._keyframes]
+        pts_to_rank, pts_to_pos = self._pts_to_rank, self._pts_to_decode_pos
+        with self._open() as container:
+            stream = container.streams.video[0]
+            self._configure_decoder(stream)
+            codec_context = stream.codec_context
+            next_pos = 0  # decode position of the next packet the demuxer returns
+            seek_to = self._seek_target(pending[-1], key_ranks, next_pos)
+            while pending:
+                just_seeked = seek_to is not None
+                if just_seeked:
+                    container.seek(seek_to[2], stream=stream, backward=True, any_frame=False)
+                    codec_context.flush_buffers()
+                seek_to = None
+                for packet in container.demux(stream):
+                    if packet.size:
+                        packet_pos = pts_to_pos.get(packet.pts)
+                        if packet_pos is None:
+                            raise _RestartSequential
+                        if just_seeked and packet_pos > self._keyframes[bisect.bisect_right(key_ranks, pending[-1]) - 1][1]:
+                            raise _RestartSequential  # the seek landed after the keyframe we need
+                        just_seeked = False
+                        next_pos = packet_pos + 1
+                        # Frames nobody wants are skipped when no other frame references them.
+                        codec_context.skip_frame = "DEFAULT" if pts_to_rank[packet.pts] in wanted_set else "NONREF"
+                    for frame in codec_context.decode(packet):
+                        rank = pts_to_rank.get(frame.pts)
+                        if rank is None:
+                            raise _RestartSequential
+                        if rank == pending[-1]:
+                            pending.pop()
+                            yield rank, frame.to_ndarray(format="rgb24")
+                            if not pending:
+                                return
+                        elif rank in wanted_set and rank > pending[-1]:
+                            raise _RestartSequential  # a wanted frame went missing
+                    # Jump over whole GOPs that hold no wanted frame.
+                    seek_to = self._seek_target(pending[-1], key_ranks, next_pos)
+                    if seek_to is not None:
+                        break
+                if seek_to is None:
+                    break  # end of stream
+            if pending:
+                raise _RestartSequential
+
+    def _seek_target(self, rank: int, key_ranks: list[int], next_pos: int) -> tuple[int, int, int] | None:
+        """The keyframe to seek to before decoding frame `rank`, or None when decoding on is as good."""
+        position = bisect.bisect_right(key_ranks, rank) - 1
+        if position < 0:
+            return None
+        keyframe = self._keyframes[position]
+        # Seeking flushes the decoder: only worth it when it skips packets (and the keyframe is ahead of us).
+        return keyframe if keyframe[1] > next_pos else None
+
+    def _decode_sequential(self, slots: dict[int, list[int]], skip: set[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """Decodes every frame in order and counts them: slow but exact for any file."""
+        last = max(slots)
+        with self._open() as container:
+            stream = container.streams.video[0]
+            self._configure_decoder(stream)
+            for index, frame in enumerate(container.decode(stream)):
+                if index in slots and index not in skip:
+                    yield index, frame.to_ndarray(format="rgb24")
+                if index >= last:
+                    return
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Video files: torchcodec and decord
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class TorchCodecFrameSource(FrameSource):
+    """Decodes with torchcodec (`seek_mode="exact"`: a demux scan gives exact frame indices)."""
+
+    def __init__(self, source: str | bytes, name: str):
+        from torchcodec.decoders import VideoDecoder
+
+        self.name = name
+        try:
+            self._decoder = VideoDecoder(source, seek_mode="exact", num_ffmpeg_threads=0, dimension_order="NHWC")
+        except Exception as error:  # torchcodec raises RuntimeError/ValueError with FFmpeg's message
+            raise ValueError(
+                f"Could not open video {name}: not a readable video file, or it is truncated or corrupt "
+                f"({_describe(error)})."
+            ) from error
+        meta = self._decoder.metadata
+        total = int(meta.num_frames or 0)
+        if total == 0:
+            raise ValueError(f"Video {name} has no frames.")
+        header = getattr(meta, "num_frames_from_header", None)
+        if header and total < header:
+            raise ValueError(
+                f"Video {name} is truncated or corrupt: its header lists {header} frames but only {total} could be read."
+            )
+        fps = float(meta.average_fps) if meta.average_fps else None
+        self.metadata = VideoMetadata(
+            total_num_frames=total,
+            fps=fps,
+            width=int(meta.width),
+            height=int(meta.height),
+            duration=total / fps if fps else None,
+            video_backend="torchcodec",
+        )
+
+    def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
+        indices = np.asarray(indices)
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            try:
+                frames = self._decoder.get_frames_at(indices=chunk.tolist()).data.numpy()
+            except Exception as error:
+                raise ValueError(f"Video {self.name} is corrupt: decoding failed ({_describe(error)}).") from error
+            yield [(start + offset, frames[offset]) for offset in range(len(chunk))]
+
+
+class DecordFrameSource(FrameSource):
+    """Decodes with decord, the reference implementation's decoder (`VideoReader(..., num_threads=1)`)."""
+
+    def __init__(self, source: str | bytes, name: str):
+        import decord
+
+        self.name = name
+        try:
+            self._reader = decord.VideoReader(
+                io.BytesIO(source) if isinstance(source, bytes) else source, ctx=decord.cpu(0), num_threads=1
+            )
+        except Exception as error:  # decord raises DECORDError (a RuntimeError)
+            raise ValueError(
+                f"Could not open video {name}: not a readable video file, or it is truncated or corrupt "
+                f"({_describe(error)})."
+            ) from error
+        total = len(self._reader)
+        if total == 0:
+            raise ValueError(f"Video {name} has no frames.")
+        height, width = self._reader[0].shape[:2]
+        self._reader.seek(0)
+        fps = float(self._reader.get_avg_fps()) or None
+        self.metadata = VideoMetadata(
+            total_num_frames=total,
+            fps=fps,
+            width=int(width),
+            height=int(height),
+            duration=total / fps if fps else None,
+            video_backend="decord",
+        )
+
+    def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
+        indices = np.asarray(indices)
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            try:
+                frames = self._reader.get_batch(chunk.tolist()).asnumpy()
+            except Exception as error:
+                raise ValueError(f"Video {self.name} is corrupt: decoding failed ({_describe(error)}).") from error
+            yield [(start + offset, frames[offset]) for offset in range(len(chunk))]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Opening anything
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def available_video_backends() -> list[str]:
+    """The file decoders usable here, in the order "auto" tries them."""
+    found = []
+    for backend in AUTO_BACKEND_ORDER:
+        if backend == "pyav" and is_av_available():
+            found.append(backend)
+        elif backend == "torchcodec" and is_torchcodec_available():
+            from transformers.utils import is_torchcodec_usable
+
+            if is_torchcodec_usable(decode="video"):
+                found.append(backend)
+        elif backend == "decord" and is_decord_available():
+            found.append(backend)
+    return found
+
+
+def _download(url: str) -> bytes:
+    # Kept in memory: nothing is written to disk.
+    from huggingface_hub.utils import httpx
+
+    try:
+        response = httpx.get(url, follow_redirects=True)
+        response.raise_for_status()
+    except Exception as error:
+        raise ValueError(f"Could not download video '{url}': {_describe(error)}") from error
+    return response.content
+
+
+def open_video_file(location: str, backend: str | None = None, name: str | None = None) -> FrameSource:
+    """Opens a video file path or http(s) URL with `backend` ("pyav", "torchcodec", "decord", or None/"auto")."""
+    name = name or f"'{location}'"
+    is_url = location.startswith(("http://", "https://"))
+    if not is_url and not os.path.exists(location):
+        raise FileNotFoundError(f"Video file not found: '{location}'")
+    if backend in (None, "auto"):
+        candidates = available_video_backends()
+        if not candidates:
+            raise ImportError("Decoding video files needs PyAV (`pip install av`), torchcodec or decord.")
+        backend = candidates[0]
+    if backend not in VIDEO_BACKENDS:
+        raise ValueError(f"`video_backend` must be one of {('auto',) + VIDEO_BACKENDS}, got {backend!r}")
+    source: str | bytes = _download(location) if is_url else location
+    if backend == "pyav":
+        return PyAVFrameSource(source, name)
+    if backend == "torchcodec":
+        return TorchCodecFrameSource(source, name)
+    return DecordFrameSource(source, name)
+
+
+def open_frame_source(
+    video: Any,
+    backend: str | None = None,
+    metadata: VideoMetadata | dict | None = None,
+    name: str | None = None,
+) -> FrameSource:
+    """Opens any supported video input: a file path, URL, folder of frame images, list of frame paths/URLs,
+    (T, H, W, C)/(T, C, H, W) array or tensor, or a list of frames."""
+    if isinstance(video, os.PathLike):
+        video = os.fspath(video)
+    if isinstance(video, str):
+        if os.path.isdir(video):
+            return ImageSequenceFrameSource(video, name or f"'{video}'", metadata)
+        source = open_video_file(video, backend, name)
+        if metadata is not None:
+            # e.g. a user-given fps for a stream without one; what the file says otherwise wins.
+            for key, value in dict(metadata).items():
+                if value is not None and getattr(source.metadata, key, None) is None and key != "frames_indices":
+                    setattr(source.metadata, key, value)
+        return source
+    if isinstance(video, (list, tuple)) and video and isinstance(video[0], str):
+        return ImageSequenceFrameSource(list(video), name or "(list of frame images)", metadata)
+    return ArrayFrameSource(video, name or "(array)", metadata)
+
+
+def prefetch(batches: Iterator[FrameBatch], depth: int = 2) -> Iterator[FrameBatch]:
+    """Runs a frame iterator in a background thread, `depth` batches ahead, so that decoding (which releases the GIL
+    in FFmpeg) overlaps with resizing in the caller. Errors are re-raised in the caller."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    finished = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        buffer.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put(finished)
+        except BaseException as error:  # handed to the consumer
+            buffer.put(error)
+
+    worker = threading.Thread(target=produce, name="longvu-video-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = buffer.get()
+            if item is finished:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        # Drain so that a producer blocked on put() can exit.
+        while worker.is_alive():
+            try:
+                buffer.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        worker.join()
+
+
+__all__ = [
+    "ArrayFrameSource",
+    "DecordFrameSource",
+    "FrameSource",
+    "ImageSequenceFrameSource",
+    "PyAVFrameSource",
+    "TorchCodecFrameSource",
+    "VIDEO_BACKENDS",
+    "available_video_backends",
+    "open_frame_source",
+    "open_video_file",
+    "prefetch",
+    "to_uint8_hwc",
+]
