@@ -291,11 +291,11 @@ class PyAVFrameSource(FrameSource):
 
     def _video_stream(self, container):
         if not container.streams.video:
-            raise ValueError(f"Video {self.name} has no video stream.")
+            raise ValueError(f"Video {self.name} has no video stream (no frames to decode).")
         stream = container.streams.video[0]
         codec_context = stream.codec_context
         if codec_context is None or getattr(codec_context, "codec", None) is None:
-            raise ValueError(f"Video {self.name} uses a codec that FFmpeg cannot decode.")
+            raise ValueError(f"Video {self.name} uses an unsupported codec: FFmpeg has no decoder for its video stream.")
         if not codec_context.width or not codec_context.height:
             codec_name = getattr(codec_context, "name", None) or "unknown"
             raise ValueError(

@@ -11,6 +11,7 @@ Decoding is streamed: only the sampled frames are decoded (as far as the codec a
 batch into preallocated outputs, so a one-hour video needs about the size of its outputs in memory, not of its frames.
 """
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,6 +34,15 @@ DINO_IMAGE_MEAN = (0.485, 0.456, 0.406)
 DINO_IMAGE_STD = (0.229, 0.224, 0.225)
 RESIZE_BACKENDS = ("pil", "torch")
 MAX_FRAMES_MODES = ("uniform", "stride")
+
+
+def _paths_to_str(videos: Any) -> Any:
+    """pathlib paths -> str, at any nesting depth of lists (transformers' batching helpers only know str)."""
+    if isinstance(videos, os.PathLike):
+        return os.fspath(videos)
+    if isinstance(videos, (list, tuple)):
+        return type(videos)(_paths_to_str(video) for video in videos)
+    return videos
 
 
 class LongVUVideoProcessorKwargs(VideosKwargs, total=False):
@@ -377,8 +387,8 @@ class LongVUVideoProcessor(BaseVideoProcessor):
             raise ValueError("No video was given.")
         if isinstance(videos, (list, tuple)) and len(videos) == 0:
             raise ValueError("`videos` is an empty list.")
-        videos = [videos] if isinstance(videos, str) or hasattr(videos, "__fspath__") else videos
-        batch = make_batched_videos(videos)
+        videos = _paths_to_str(videos)
+        batch = make_batched_videos([videos] if isinstance(videos, str) else videos)
         metadata = kwargs.get("video_metadata")
         if metadata is None:
             metadata = [None] * len(batch)
