@@ -155,7 +155,8 @@ class LongVUProcessor(ProcessorMixin):
     ...                                        return_dict=True, return_tensors="pt", processor_kwargs={"fps": 1})
     >>> sorted(inputs.keys())
     ['attention_mask', 'input_ids', 'pixel_values_videos', 'pixel_values_videos_dino', 'video_num_frames', 'video_sizes']
-    >>> answer = processor.post_process_image_text_to_text(model.generate(**inputs)[:, inputs["input_ids"].shape[1]:])
+    >>> generated = model.generate(**inputs, max_new_tokens=32)
+    >>> answer = processor.post_process_image_text_to_text(generated, prompt_input_ids=inputs["input_ids"])[0]
     ```
     """
 
@@ -220,21 +221,40 @@ class LongVUProcessor(ProcessorMixin):
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token
 
-    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens: bool = True, **kwargs):
+    def post_process_image_text_to_text(
+        self, generated_outputs, skip_special_tokens: bool = True, prompt_input_ids=None, **kwargs
+    ) -> list[str]:
         """Decodes generated token ids (a batch or a single sequence) to a list of strings.
+
+        LongVU's `generate` returns the prompt with each placeholder expanded to the video's visual tokens, so the
+        usual `generated[:, input_ids.shape[1]:]` does not cut the prompt off. Pass `prompt_input_ids` (the
+        processor's `input_ids`) to drop the decoded prompt from the front of each answer instead.
 
         Example:
 
         ```python
-        >>> processor.post_process_image_text_to_text(model.generate(**inputs, max_new_tokens=8))
-        ['... The video shows a red square moving to the right.']
+        >>> generated = model.generate(**inputs, max_new_tokens=16)
+        >>> processor.post_process_image_text_to_text(generated, prompt_input_ids=inputs["input_ids"])
+        ['A red square moves to the right.']
         ```
         """
-        if hasattr(generated_outputs, "dim") and generated_outputs.dim() == 1:
-            generated_outputs = generated_outputs.unsqueeze(0)
-        elif isinstance(generated_outputs, (list, tuple)) and generated_outputs and isinstance(generated_outputs[0], int):
-            generated_outputs = [generated_outputs]
-        return self.tokenizer.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+        texts = self.tokenizer.batch_decode(
+            self._as_batch(generated_outputs), skip_special_tokens=skip_special_tokens, **kwargs
+        )
+        if prompt_input_ids is None:
+            return texts
+        prompts = self.tokenizer.batch_decode(
+            self._as_batch(prompt_input_ids), skip_special_tokens=skip_special_tokens, **kwargs
+        )
+        return [text[len(prompt) :] if text.startswith(prompt) else text for text, prompt in zip(texts, prompts)]
+
+    @staticmethod
+    def _as_batch(token_ids):
+        if hasattr(token_ids, "dim") and token_ids.dim() == 1:
+            return token_ids.unsqueeze(0)
+        if isinstance(token_ids, (list, tuple)) and token_ids and isinstance(token_ids[0], int):
+            return [token_ids]
+        return token_ids
 
 
 __all__ = ["LongVUProcessor", "LongVUProcessorKwargs", "get_chat_template"]
