@@ -1,0 +1,159 @@
+"""Answering one benchmark question with a LongVU model, the standard transformers way: the processor's chat template
+and `processor(text=..., videos=...)`, then `model.generate`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from .answers import parse_answer
+from .prompts import subtitles_block
+from .protocols import BenchmarkProtocol
+from .sampling import load_frame_folder, read_srt, select_subtitles, video_sampling_kwargs
+
+
+def apply_model_overrides(model, protocol: BenchmarkProtocol) -> dict:
+    """Set the protocol's config fields on the model (the official scripts set the STC/DINO thresholds per benchmark);
+    returns the previous values."""
+    previous = {}
+    for name, value in protocol.model_overrides.items():
+        if not hasattr(model.config, name):
+            raise ValueError(f"The model config has no field {name!r} required by the {protocol.benchmark} protocol")
+        previous[name] = getattr(model.config, name)
+        setattr(model.config, name, value)
+    return previous
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+class VideoQAPredictor:
+    """Answers evaluation rows (see `benchmarks.EVAL_FEATURES`) with a model and its processor under a protocol.
+
+    Calling it on a row returns the record that is streamed to disk: the raw generation, both parses of the answer,
+    and the compression statistics of the video (`model.last_compression`). A question whose video cannot be read
+    (missing, corrupt, a clip holding no frame) or that the model refuses (e.g. a prompt leaving no room for the video)
+    gives a record with `error` set instead, so it is reported and never scored as a wrong answer.
+
+    Example:
+
+    ```python
+    >>> predictor = VideoQAPredictor(model, processor, get_protocol("mlvu", "strict"))  # doctest: +SKIP
+    >>> predictor(dataset[0])["parsed"]  # doctest: +SKIP
+    {'reference': 'B', 'robust': 'B'}
+    ```
+    """
+
+    def __init__(
+        self,
+        model,
+        processor,
+        protocol: BenchmarkProtocol,
+        subtitles: bool = False,
+        video_backend: str = "auto",
+        apply_overrides: bool = True,
+    ):
+        self.model = model
+        self.processor = processor
+        self.protocol = protocol
+        self.subtitles = subtitles
+        self.video_backend = video_backend
+        if apply_overrides:
+            apply_model_overrides(model, protocol)
+
+    # -- inputs ------------------------------------------------------------------------------------------------------
+
+    def _video(self, row: dict) -> tuple[Any, dict]:
+        """The video to hand to the processor and the processor options that sample it officially."""
+        clip = (row["clip_start"], row["clip_end"]) if row.get("clip_start") is not None else None
+        if row["video_kind"] == "frames":
+            frames, _ = load_frame_folder(row["video"], self.protocol.frame_folder_fps, self.protocol.sample_fps, clip)
+            return frames, {"do_sample_frames": False}
+        if not os.path.isfile(row["video"]):
+            raise FileNotFoundError(f"Video not found: {row['video']}")
+        return row["video"], {"video_backend": self.video_backend, **video_sampling_kwargs(self.protocol, clip)}
+
+    def _subtitles(self, row: dict, video: Any, video_kwargs: dict) -> str:
+        """The official VideoMME subtitles for the frames the processor will sample ("" without an .srt)."""
+        if not (self.subtitles and row.get("subtitle")):
+            return ""
+        from ..processing.video_decoding import open_frame_source
+
+        video_processor = self.processor.video_processor
+        metadata = open_frame_source(video, self.video_backend).metadata
+        sampling = {key: value for key, value in video_kwargs.items() if key != "video_backend"}
+        indices = video_processor.sample_frames(metadata, **sampling)
+        tokenizer = self.processor.tokenizer
+        return select_subtitles(
+            read_srt(row["subtitle"]),
+            [int(i) for i in indices],
+            float(metadata.fps),
+            count_tokens=lambda text: len(tokenizer(text).input_ids),
+            token_limit=self.protocol.subtitle_token_limit,
+        )
+
+    def prepare_inputs(self, row: dict) -> tuple[dict, bool]:
+        """Processor outputs for one question, and whether subtitles were added."""
+        video, video_kwargs = self._video(row)
+        subtitles = self._subtitles(row, video, video_kwargs)
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "video"}, {"type": "text", "text": subtitles_block(subtitles) + row["prompt"]}],
+            }
+        ]
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = self.processor(text=[text], videos=[video], return_tensors="pt", **video_kwargs)
+        return inputs, bool(subtitles)
+
+    # -- generation --------------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, inputs) -> tuple[str, dict]:
+        """Greedy answer text (special tokens removed) and the video's compression report."""
+        inputs = inputs.to(self.model.device)
+        output = self.model.generate(
+            **inputs,
+            max_new_tokens=self.protocol.max_new_tokens,
+            do_sample=self.protocol.do_sample,
+            num_beams=1,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
+        # The number of steps, not the prompt length, finds the new tokens (the model expands the video placeholder).
+        new_tokens = output.sequences[0, output.sequences.shape[1] - len(output.scores) :]
+        text = self.processor.decode(new_tokens, skip_special_tokens=True).strip()
+        compression = getattr(self.model, "last_compression", None) or {}
+        reports = compression.get("video") or [{}]
+        return text, reports[0]
+
+    def __call__(self, row: dict) -> dict:
+        record = {"id": row["id"], "category": row.get("category") or "", "answer": row.get("answer")}
+        try:
+            inputs, with_subtitles = self.prepare_inputs(row)
+        except Exception as error:  # anything wrong with this question's data is recorded, not fatal
+            record["error"] = _describe(error)
+            return record
+        try:
+            text, report = self.generate(inputs)
+        except ValueError as error:  # the model's input checks (e.g. the prompt leaves no room for the video)
+            record["error"] = _describe(error)
+            return record
+        record.update(
+            output=text,
+            parsed=parse_answer(text, row["letters"], self.protocol.benchmark, list(row.get("options") or [])),
+            prompt_tokens=int(inputs["input_ids"].shape[1]),
+            subtitles_used=with_subtitles,
+            frames_sampled=int(report.get("num_input_frames", int(inputs["video_num_frames"][0]))),
+            frames_kept=len(report["kept_frame_indices"]) if "kept_frame_indices" in report else None,
+            frames_high_res=len(report["high_res_frame_indices"]) if "high_res_frame_indices" in report else None,
+            visual_tokens=report.get("num_visual_tokens"),
+            compression_path=report.get("path"),
+        )
+        return record
+
+
+__all__ = ["VideoQAPredictor", "apply_model_overrides"]
