@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Train LongVU with the Hugging Face Trainer: stage 1 (images), stage 2 (videos) or your own fine-tuning.
+
+The stage is chosen by the config file (examples/configs/); any option can be overridden on the command line:
+
+    python examples/train.py examples/configs/stage2_video.yaml --output_dir runs/stage2 --learning_rate 1e-5
+
+Distributed (see docs/training.md for 1 GPU, 8 GPUs and 8 nodes x 8 GPUs):
+
+    accelerate launch --config_file examples/accelerate/fsdp.yaml examples/train.py examples/configs/stage2_video.yaml
+"""
+
+import sys
+
+from transformers import set_seed
+
+import longvu_hf  # noqa: F401  (registers LongVU with the Auto classes)
+from longvu_hf.training.model_setup import qlora_quantization_config
+from longvu_hf.training.recipe import parse_config, train
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0].startswith("-"):
+        raise SystemExit("usage: train.py CONFIG.yaml [--option value ...]")
+    try:
+        model_args, data_args, training_args = parse_config(argv[0], argv[1:])
+        if model_args.finetuning == "qlora":
+            qlora_quantization_config()  # fails here, with one clear line, on a machine without a CUDA GPU
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
+        raise SystemExit(f"train.py: {error}") from None
+    set_seed(training_args.seed)
+    train(model_args, data_args, training_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The training recipe behind `examples/train.py`: config -> model, data, collator, `LongVUTrainer` -> saved model.
+
+A run is described by one YAML file whose keys are the fields of `ModelArguments`, `DataArguments` and
+`transformers.TrainingArguments` (flat, as `HfArgumentParser` reads them); command-line flags override it.
+`examples/configs/` holds the two LongVU stages and LoRA / QLoRA fine-tuning.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoProcessor, HfArgumentParser, TrainingArguments
+
+from ..modeling import LongVUForConditionalGeneration
+from .collator import LABEL_MODES, LongVUDataCollator
+from .data import load_conversation_dataset
+from .model_setup import (
+    LLM_LORA_TARGET_MODULES,
+    LORA_MODULES_TO_SAVE,
+    apply_lora,
+    freeze_vision_towers,
+    is_adapter_checkpoint,
+    load_config_with_overrides,
+    load_trained_model,
+    prepare_stage2_model,
+    qlora_quantization_config,
+)
+from .trainer import LongVUTrainer
+
+logger = logging.getLogger(__name__)
+
+FINETUNING_MODES = ("full", "lora", "qlora")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class ModelArguments:
+    """Which model to start from and what to train."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A LongVU checkpoint folder (converted release, or a previous stage's output)."}
+    )
+    processor_name_or_path: str | None = field(
+        default=None, metadata={"help": "Processor folder; defaults to model_name_or_path."}
+    )
+    from_stage1: bool = field(
+        default=False,
+        metadata={
+            "help": "Start stage 2 from a stage-1 (576-query) checkpoint: switch to 144 queries and create the window "
+            "position embeddings (prepare_stage2_model)."
+        },
+    )
+    model_config_overrides: dict | str | None = field(
+        default=None, metadata={"help": "LongVUConfig fields to change, e.g. {num_queries: 144, stc_threshold: 0.8}."}
+    )
+    model_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "dtype of the weights: float32 (master weights, with `bf16: true` autocast) or bfloat16 (pure "
+            "bf16, as the reference trained)."
+        },
+    )
+    finetuning: str = field(default="full", metadata={"help": "full | lora | qlora (QLoRA needs a CUDA GPU)."})
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.05
+    lora_target_modules: str = field(
+        default=LLM_LORA_TARGET_MODULES, metadata={"help": "Regex over module names: the decoder's linear layers."}
+    )
+    lora_modules_to_save: list[str] = field(
+        default_factory=lambda: list(LORA_MODULES_TO_SAVE),
+        metadata={"help": "Modules trained in full next to the adapters."},
+    )
+    save_merged_model: bool = field(
+        default=True, metadata={"help": "After LoRA/QLoRA training, also write the merged model to OUTPUT_DIR/merged."}
+    )
+    new_parameter_seed: int = field(default=0, metadata={"help": "Seed of the stage-2 window position embeddings."})
+
+    def __post_init__(self):
+        if self.finetuning not in FINETUNING_MODES:
+            raise ValueError(f"finetuning must be one of {FINETUNING_MODES}, got {self.finetuning!r}")
+        if self.model_dtype not in DTYPES:
+            raise ValueError(f"model_dtype must be one of {sorted(DTYPES)}, got {self.model_dtype!r}")
+        if isinstance(self.model_config_overrides, str):
+            self.model_config_overrides = json.loads(self.model_config_overrides)
+        self.model_config_overrides = dict(self.model_config_overrides or {})
+
+
+@dataclass
+class DataArguments:
+    """Training data and how it is turned into batches."""
+
+    data_files: list[str] | None = field(
+        default=None, metadata={"help": "LLaVA-style .json (list of records) or .jsonl files."}
+    )
+    media_root: str | None = field(default=None, metadata={"help": "Folder the media paths are relative to."})
+    video_fps: float = field(default=1.0, metadata={"help": "Sampling rate of video files (reference: 1)."})
+    max_frames: int | None = field(default=None, metadata={"help": "Optional cap on frames per video file."})
+    label_mode: str = field(
+        default="assistant", metadata={"help": "assistant (answers only) | reference (the official masking)."}
+    )
+    max_length: int | None = field(
+        default=None, metadata={"help": "Skip samples whose text (one token per placeholder) is longer."}
+    )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Samples per optimizer step over all processes; sets gradient_accumulation_steps = global / "
+            "(processes x per_device_train_batch_size)."
+        },
+    )
+    image_length_estimate: int = field(default=576, metadata={"help": "Tokens counted per image for length grouping."})
+    video_length_estimate: int = field(default=1024, metadata={"help": "Tokens counted per video for length grouping."})
+    dataset_cache_dir: str | None = None
+    preprocessing_num_workers: int | None = None
+
+    def __post_init__(self):
+        if self.label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {self.label_mode!r}")
+        if isinstance(self.data_files, str):
+            self.data_files = [self.data_files]
+
+
+def parse_config(
+    config_path: str | os.PathLike, cli_args: list[str] | None = None
+) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Read a YAML run config (flat keys of the three argument classes); `cli_args` like `--learning_rate 1e-4`
+    override it."""
+    import yaml
+
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"training config not found: {config_path}")
+    with open(config_path) as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{config_path} must be a mapping of option names to values")
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{config_path}: unknown option(s) {unknown}")
+    parser.set_defaults(**values)
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=cli_args or [])
+    if not model_args.model_name_or_path:
+        raise ValueError(f"{config_path}: `model_name_or_path` is required")
+    if not data_args.data_files:
+        raise ValueError(f"{config_path}: `data_files` is required")
+    return model_args, data_args, training_args
+
+
+def apply_global_batch_size(training_args: TrainingArguments, global_batch_size: int | None) -> None:
+    """Set `gradient_accumulation_steps` so that one optimizer step sees `global_batch_size` samples on however many
+    processes this run has (64 GPUs x 4 per device = 256 needs no accumulation; 8 GPUs need 8 steps)."""
+    if global_batch_size is None:
+        return
+    per_step = training_args.world_size * training_args.per_device_train_batch_size
+    if global_batch_size % per_step:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is not a multiple of {training_args.world_size} processes x "
+            f"per_device_train_batch_size={training_args.per_device_train_batch_size}"
+        )
+    training_args.gradient_accumulation_steps = global_batch_size // per_step
+
+
+def build_model(model_args: ModelArguments, training_args: TrainingArguments | None = None):
+    """The model to train: loaded (or switched from stage 1), towers frozen, LoRA / QLoRA applied if asked."""
+    dtype = DTYPES[model_args.model_dtype]
+    load_kwargs: dict[str, Any] = {"dtype": dtype}
+    if model_args.finetuning == "qlora":
+        load_kwargs["quantization_config"] = qlora_quantization_config(compute_dtype=torch.bfloat16)
+        # One full copy per process; FSDP/DeepSpeed sharding of 4-bit weights is out of scope here.
+        load_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    path = model_args.model_name_or_path
+    if model_args.from_stage1:
+        if model_args.finetuning != "full":
+            raise ValueError(
+                "from_stage1 creates new weights and, as in the reference, trains everything: use finetuning: full. "
+                "For LoRA on a stage-2 model, save prepare_stage2_model(...) first and start from that folder."
+            )
+        model = prepare_stage2_model(
+            path, seed=model_args.new_parameter_seed, dtype=dtype, **model_args.model_config_overrides
+        )
+    else:
+        config = load_config_with_overrides(path, **model_args.model_config_overrides)
+        model = LongVUForConditionalGeneration.from_pretrained(path, config=config, **load_kwargs)
+    freeze_vision_towers(model)
+    if model_args.finetuning in ("lora", "qlora"):
+        model = apply_lora(
+            model,
+            r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            target_modules=model_args.lora_target_modules,
+            modules_to_save=model_args.lora_modules_to_save,
+        )
+    return model
+
+
+def build_trainer(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments, model=None
+) -> LongVUTrainer:
+    """Everything `trainer.train()` needs, from the three argument objects."""
+    if training_args.remove_unused_columns:
+        # The collator needs the raw columns (paths, turns); Trainer would drop them as unknown to `forward`.
+        training_args.remove_unused_columns = False
+    apply_global_batch_size(training_args, data_args.global_batch_size)
+    processor = AutoProcessor.from_pretrained(model_args.processor_name_or_path or model_args.model_name_or_path)
+    if model is None:
+        model = build_model(model_args, training_args)
+    with training_args.main_process_first(desc="loading the training data"):
+        dataset = load_conversation_dataset(
+            data_args.data_files,
+            visual_length_estimate={"image": data_args.image_length_estimate, "video": data_args.video_length_estimate},
+            cache_dir=data_args.dataset_cache_dir,
+            num_proc=data_args.preprocessing_num_workers,
+        )
+    collator = LongVUDataCollator(
+        processor,
+        media_root=data_args.media_root,
+        video_fps=data_args.video_fps,
+        max_frames=data_args.max_frames,
+        label_mode=data_args.label_mode,
+        max_length=data_args.max_length,
+    )
+    return LongVUTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=processor,
+    )
+
+
+def save_merged_model(adapter_dir: str, output_dir: str, dtype: torch.dtype, processor=None, config=None) -> None:
+    """Base model + LoRA adapter -> one plain checkpoint that `from_pretrained` loads without PEFT.
+
+    `config` (the trained model's) keeps any `model_config_overrides` of the run; by default the base model's.
+    """
+    kwargs = {"dtype": dtype}
+    if config is not None:
+        config = copy.deepcopy(config)
+        if hasattr(config, "quantization_config"):  # QLoRA: merge into 16-bit weights, do not quantise again
+            del config.quantization_config
+        kwargs["config"] = config
+    merged = load_trained_model(adapter_dir, merge_lora=True, **kwargs)
+    merged.save_pretrained(output_dir)
+    if processor is not None:
+        processor.save_pretrained(output_dir)
+
+
+def train(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
+    """Run one training job and save its result in `training_args.output_dir`; returns the trainer."""
+    trainer = build_trainer(model_args, data_args, training_args)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)  # the processor is saved next to the weights
+    if trainer.is_world_process_zero():
+        if model_args.finetuning != "full" and model_args.save_merged_model and is_adapter_checkpoint(
+            training_args.output_dir
+        ):
+            # Merged in 16 bits from the original base weights (QLoRA's 4-bit weights are not merged into).
+            dtype = torch.bfloat16 if model_args.finetuning == "qlora" else DTYPES[model_args.model_dtype]
+            save_merged_model(
+                training_args.output_dir,
+                os.path.join(training_args.output_dir, "merged"),
+                dtype,
+                trainer.processing_class,
+                config=trainer.accelerator.unwrap_model(trainer.model).get_base_model().config,
+            )
+    if trainer.skipped_samples:
+        logger.warning("%d training samples were skipped (see the warnings above)", trainer.skipped_samples)
+    return trainer
+
+
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "apply_global_batch_size",
+    "build_model",
+    "build_trainer",
+    "parse_config",
+    "save_merged_model",
+    "train",
+]
