@@ -517,20 +517,29 @@ class DecordFrameSource(FrameSource):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _backend_usable(backend: str) -> bool:
+    if backend == "pyav":
+        return is_av_available()
+    if backend == "decord":
+        return is_decord_available()
+    if backend == "torchcodec" and is_torchcodec_available():
+        from transformers.utils import is_torchcodec_usable
+
+        return is_torchcodec_usable(decode="video")  # needs FFmpeg's shared libraries next to it
+    return False
+
+
 def available_video_backends() -> list[str]:
     """The file decoders usable here, in the order "auto" tries them."""
-    found = []
-    for backend in AUTO_BACKEND_ORDER:
-        if backend == "pyav" and is_av_available():
-            found.append(backend)
-        elif backend == "torchcodec" and is_torchcodec_available():
-            from transformers.utils import is_torchcodec_usable
+    return [backend for backend in AUTO_BACKEND_ORDER if _backend_usable(backend)]
 
-            if is_torchcodec_usable(decode="video"):
-                found.append(backend)
-        elif backend == "decord" and is_decord_available():
-            found.append(backend)
-    return found
+
+def _auto_backend() -> str:
+    # The first usable one, without loading the others (loading torchcodec costs a few hundred ms).
+    for backend in AUTO_BACKEND_ORDER:
+        if _backend_usable(backend):
+            return backend
+    raise ImportError("Decoding video files needs PyAV (`pip install av`), torchcodec or decord.")
 
 
 def _download(url: str) -> bytes:
@@ -552,10 +561,7 @@ def open_video_file(location: str, backend: str | None = None, name: str | None 
     if not is_url and not os.path.exists(location):
         raise FileNotFoundError(f"Video file not found: '{location}'")
     if backend in (None, "auto"):
-        candidates = available_video_backends()
-        if not candidates:
-            raise ImportError("Decoding video files needs PyAV (`pip install av`), torchcodec or decord.")
-        backend = candidates[0]
+        backend = _auto_backend()
     if backend not in VIDEO_BACKENDS:
         raise ValueError(f"`video_backend` must be one of {('auto',) + VIDEO_BACKENDS}, got {backend!r}")
     source: str | bytes = _download(location) if is_url else location

@@ -13,6 +13,7 @@ batch into preallocated outputs, so a one-hour video needs about the size of its
 
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,12 @@ DINO_IMAGE_MEAN = (0.485, 0.456, 0.406)
 DINO_IMAGE_STD = (0.229, 0.224, 0.225)
 RESIZE_BACKENDS = ("pil", "torch")
 MAX_FRAMES_MODES = ("uniform", "stride")
+
+
+def _resize_workers() -> int:
+    """Threads resizing frames: one per two cores beyond the two the decoder uses, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, (cores - 2) // 2 + 1))
 
 
 def _paths_to_str(videos: Any) -> Any:
@@ -417,12 +424,24 @@ class LongVUVideoProcessor(BaseVideoProcessor):
         if kwargs["resize_backend"] == "pil":
             resample = int(kwargs["resample"]) if kwargs["resample"] is not None else int(PILImageResampling.BICUBIC)
             output_arrays = [output.numpy() for output in outputs]  # CPU uint8: write through numpy views
-            for batch in batches:
-                for slot, frame in batch:
-                    image = Image.fromarray(frame)  # shared by both encoders
-                    for output, (fill, side) in zip(output_arrays, targets):
-                        canvas = pad_and_resize_pil(image, fill, side, resample=resample, do_pad=do_pad)
-                        output[offset + slot] = canvas.transpose(2, 0, 1)
+
+            def resize_frame(slot: int, frame: np.ndarray) -> None:
+                image = Image.fromarray(frame)  # shared by both encoders
+                for output, (fill, side) in zip(output_arrays, targets):
+                    canvas = pad_and_resize_pil(image, fill, side, resample=resample, do_pad=do_pad)
+                    output[offset + slot] = canvas.transpose(2, 0, 1)
+
+            # PIL releases the GIL while resizing: on machines with cores to spare, frames are resized in parallel
+            # (the decoder already keeps about two cores busy).
+            workers = _resize_workers()
+            if workers == 1:
+                for batch in batches:
+                    for slot, frame in batch:
+                        resize_frame(slot, frame)
+                return
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="longvu-resize") as pool:
+                for batch in batches:
+                    list(pool.map(lambda pair: resize_frame(*pair), batch))
             return
         device = kwargs.get("device")
         for batch in batches:

@@ -1,0 +1,310 @@
+"""Processor benchmark: `LongVUVideoProcessor` vs the reference-style preprocessing, on the same real video file.
+
+Both sides turn a 720p 30 fps video (made here with ffmpeg, or PyAV if ffmpeg is missing) into the pixel inputs of
+both encoders at LongVU's default sampling (1 frame per second, `round(avg_fps)` stride from frame 0):
+
+* `longvu_hf`: `LongVUVideoProcessor()(path)` with its defaults: streaming PyAV decode of the sampled frames only,
+  bit-exact PIL pad + resize, uint8 outputs written into preallocated tensors.
+* `reference`: what the official README / eval scripts do (REFERENCE.md §1.2-§1.3): per-frame random access
+  (`vr[i]` with decord when installed, else the same access pattern with PyAV), all raw frames stacked, then per frame
+  and per encoder `expand2square` + PIL resize + the image processor's steps of transformers 4.42 (PIL round trip of
+  the no-op resize, rescale in float64, normalise in float32, channels first), and `torch.stack` of the float tensors.
+
+Each measurement runs in its own subprocess (peak RSS is per process, so runs cannot contaminate each other), the
+contenders alternate, and the best of `--repeats` runs is kept for speed (the machine may be shared). Output: JSON
+with frames/s, CPU seconds per frame, peak RSS (whole process and above the post-import baseline), the ratios, and
+a parity check of the two outputs.
+
+    python benchmarks/processor.py            # full: 720p, 30 fps, 180 s
+    python benchmarks/processor.py --quick    # tiny: 160x90, 30 fps, 6 s (a smoke test)
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCHMARKS_DIR))
+sys.path.insert(0, str(BENCHMARKS_DIR.parent / "src"))
+
+SIGLIP_MEAN, SIGLIP_STD, SIGLIP_SIZE = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 384
+DINO_MEAN, DINO_STD, DINO_SIZE = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 378
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The video
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def make_benchmark_video(path: Path, width: int, height: int, fps: int, seconds: int) -> dict:
+    """A synthetic but realistically compressible video: ffmpeg's testsrc2 with mild temporal noise, H.264 (libx264
+    defaults: CRF 23, GOP up to 250 frames, B-frames), yuv420p. Falls back to PyAV with a moving pattern."""
+    if shutil.which("ffmpeg"):
+        source = f"testsrc2=size={width}x{height}:rate={fps},noise=alls=3:allf=t"
+        command = ["ffmpeg", "-y", "-loglevel", "error", "-f", "lavfi", "-i", source, "-t", str(seconds),
+                   "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", str(path)]
+        subprocess.run(command, check=True)
+        generator = "ffmpeg testsrc2 + noise(alls=3), libx264 veryfast CRF 23"
+    else:
+        import av
+
+        rng = np.random.default_rng(0)
+        base = rng.integers(0, 256, size=(height // 8, width // 8, 3), dtype=np.uint8)
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"preset": "veryfast"}
+            for index in range(fps * seconds):
+                frame = np.roll(np.kron(base, np.ones((8, 8, 1), dtype=np.uint8)), index * 2, axis=1)
+                noise = rng.integers(0, 4, size=frame.shape, dtype=np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame + noise, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        generator = "PyAV: moving blocks + noise, libx264 veryfast"
+    size = path.stat().st_size
+    return {"path": str(path), "width": width, "height": height, "fps": fps, "seconds": seconds,
+            "generator": generator, "bytes": size, "bitrate_mbps": round(size * 8 / seconds / 1e6, 2)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Contenders (run inside worker subprocesses)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def run_longvu_hf(video_path: str, backend: str) -> dict:
+    from longvu_hf.processing import LongVUVideoProcessor
+
+    processor = LongVUVideoProcessor(video_backend=backend)
+    out = processor(video_path)
+    return {"siglip": out["pixel_values_videos"], "dino": out["pixel_values_videos_dino"], "normalised": False}
+
+
+class _PyAVRandomAccess:
+    """decord's `vr[i]` access pattern on PyAV: decode forward inside a GOP, seek when the target is in a later GOP
+    or behind (decord's `SeekAccurate`), one decoding thread (the reference passes `num_threads=1`)."""
+
+    def __init__(self, path: str):
+        import av
+
+        self.container = av.open(path)
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "NONE"
+        self.time_base = float(self.stream.time_base)
+        self.fps = float(self.stream.average_rate)
+        self.length = self.stream.frames
+        # keyframe presentation indices, from a demux pass (decord indexes keyframes at open time too)
+        pts = [(packet.pts, packet.is_keyframe) for packet in self.container.demux(self.stream) if packet.size]
+        order = sorted(p for p, _ in pts)
+        rank = {p: i for i, p in enumerate(order)}
+        self.keyframes = sorted(rank[p] for p, key in pts if key)
+        self.rank, self.pts = rank, order
+        self.container.seek(0, stream=self.stream)
+        self.frames = self.container.decode(self.stream)
+        self.position = -1
+
+    def _keyframe_before(self, index: int) -> int:
+        return max(k for k in self.keyframes if k <= index)
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if index <= self.position or self._keyframe_before(index) > self._keyframe_before(max(self.position, 0)):
+            self.container.seek(self.pts[self._keyframe_before(index)], stream=self.stream)
+            self.frames = self.container.decode(self.stream)
+            self.position = -1
+        for frame in self.frames:
+            self.position = self.rank[frame.pts]
+            if self.position == index:
+                return frame.to_ndarray(format="rgb24")
+        raise IndexError(index)
+
+
+def _reference_image_processor(image, mean, std, size):
+    """transformers 4.42's slow image processor steps on one PIL image (already padded and resized)."""
+    from PIL import Image
+
+    array = np.array(image)  # to_numpy_array
+    array = np.array(Image.fromarray(array).resize((size, size), Image.BICUBIC))  # resize to the same size: a copy
+    array = (array.astype(np.float64) * (1 / 255)).astype(np.float32)  # rescale
+    array = (array - np.array(mean, dtype=np.float32)) / np.array(std, dtype=np.float32)  # normalize
+    return np.ascontiguousarray(array.transpose(2, 0, 1))  # channels first
+
+
+def run_reference(video_path: str) -> dict:
+    import torch
+    from PIL import Image
+
+    from longvu_hf.processing.frame_transforms import expand_to_square
+
+    try:
+        from decord import VideoReader, cpu
+
+        reader = VideoReader(video_path, ctx=cpu(0), num_threads=1)
+        fps = float(reader.get_avg_fps())
+        read = lambda index: reader[index].asnumpy()  # noqa: E731
+        length = len(reader)
+        decoder = "decord"
+    except ImportError:
+        reader = _PyAVRandomAccess(video_path)
+        fps, read, length, decoder = reader.fps, reader.__getitem__, len(reader), "pyav (decord access pattern)"
+    frame_indices = list(range(0, length, round(fps)))
+    video = np.stack([read(index) for index in frame_indices])  # README: all raw frames, stacked
+
+    outputs = {}
+    for name, mean, std, size in [("siglip", SIGLIP_MEAN, SIGLIP_STD, SIGLIP_SIZE), ("dino", DINO_MEAN, DINO_STD, DINO_SIZE)]:
+        fill = tuple(int(255 * m) for m in mean)
+        tensors = []
+        for frame in video:  # process_images: one frame at a time
+            image = expand_to_square(Image.fromarray(frame), fill).resize((size, size))
+            tensors.append(torch.from_numpy(_reference_image_processor(image, mean, std, size)))
+        outputs[name] = torch.stack(tensors)
+    return {**outputs, "normalised": True, "decoder": decoder}
+
+
+def worker(args) -> None:
+    """One measured run, in its own process: prints a JSON line."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    # Imports are not part of the measurement: both sides pay for torch/transformers/PIL the same way.
+    import PIL.Image  # noqa: F401
+
+    import longvu_hf.processing  # noqa: F401
+
+    import av  # noqa: F401
+
+    if args.worker == "reference":
+        try:
+            import decord  # noqa: F401
+        except ImportError:
+            pass
+    rss_after_imports_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    if args.worker == "reference":
+        result = run_reference(args.video)
+    else:
+        result = run_longvu_hf(args.video, args.worker.split(":", 1)[1] if ":" in args.worker else "auto")
+    wall = time.perf_counter() - wall_start
+    cpu = time.process_time() - cpu_start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    frames = int(result["siglip"].shape[0])
+    record = {"contender": args.worker, "frames": frames, "seconds": wall, "frames_per_second": frames / wall,
+              "cpu_seconds_per_frame": cpu / frames, "peak_rss_mb": peak_mb,
+              "rss_after_imports_mb": rss_after_imports_mb, "peak_rss_above_imports_mb": peak_mb - rss_after_imports_mb}
+    if "decoder" in result:
+        record["decoder"] = result["decoder"]
+    if args.save_outputs:
+        torch.save({key: value for key, value in result.items() if key in ("siglip", "dino")}, args.save_outputs)
+    print("RESULT " + json.dumps(record))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def run_worker(contender: str, video: str, save_outputs: str | None = None) -> dict:
+    command = [sys.executable, __file__, "--worker", contender, "--video", video]
+    if save_outputs:
+        command += ["--save-outputs", save_outputs]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{contender} worker failed:\n{completed.stderr[-4000:]}")
+    line = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def parity(ours_path: str, reference_path: str) -> dict:
+    """The two contenders compute the same thing: our uint8 canvases, normalised, against the reference floats."""
+    import torch
+
+    ours, reference = torch.load(ours_path), torch.load(reference_path)
+    report = {}
+    for name, mean, std in [("siglip", SIGLIP_MEAN, SIGLIP_STD), ("dino", DINO_MEAN, DINO_STD)]:
+        mean_t, std_t = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        normalised = (ours[name].float() / 255 - mean_t) / std_t
+        difference = (normalised - reference[name]).abs()
+        report[name] = {"max_abs_diff": float(difference.max()), "mean_abs_diff": float(difference.mean())}
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny video, a few seconds (smoke test)")
+    parser.add_argument("--seconds", type=int, help="video length (default 180, quick 6)")
+    parser.add_argument("--repeats", type=int, help="runs per contender, alternating; best kept (default 3, quick 1)")
+    parser.add_argument("--video", help="use this video instead of generating one")
+    parser.add_argument("--backends", default="auto", help="comma-separated video_backend values for longvu_hf")
+    parser.add_argument("--output", type=Path, help="JSON output (default benchmarks/results/processor[_quick].json)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--save-outputs", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    from benchmark_utils import RESULTS_DIR, machine_info, write_json
+
+    width, height = (160, 90) if args.quick else (1280, 720)
+    seconds = args.seconds or (6 if args.quick else 180)
+    repeats = args.repeats or (1 if args.quick else 3)
+    output = args.output or RESULTS_DIR / ("processor_quick.json" if args.quick else "processor.json")
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.video:
+            video = {"path": args.video, "bytes": os.path.getsize(args.video), "generator": "given"}
+        else:
+            print(f"making a {width}x{height} 30 fps {seconds} s video ...", flush=True)
+            video = make_benchmark_video(Path(scratch) / "benchmark.mp4", width, height, 30, seconds)
+        contenders = [f"longvu_hf:{backend}" for backend in args.backends.split(",")] + ["reference"]
+        runs: dict[str, list[dict]] = {name: [] for name in contenders}
+        saved = {name: str(Path(scratch) / f"{name.replace(':', '_')}.pt") for name in contenders}
+        for repeat in range(repeats):
+            for name in contenders:
+                record = run_worker(name, video["path"], saved[name] if repeat == 0 else None)
+                runs[name].append(record)
+                print(f"  {name:<22} {record['frames_per_second']:7.2f} frames/s  "
+                      f"{record['peak_rss_mb']:8.0f} MB peak RSS", flush=True)
+        check = parity(saved[contenders[0]], saved["reference"])
+
+    def best(name: str) -> dict:
+        fastest = max(runs[name], key=lambda record: record["frames_per_second"])
+        return {**fastest, "peak_rss_mb": min(r["peak_rss_mb"] for r in runs[name]),
+                "peak_rss_above_imports_mb": min(r["peak_rss_above_imports_mb"] for r in runs[name]),
+                "all_frames_per_second": [round(r["frames_per_second"], 3) for r in runs[name]]}
+
+    results = {name: best(name) for name in contenders}
+    ours, reference = results[contenders[0]], results["reference"]
+    payload = {
+        "benchmark": "processor",
+        "mode": "quick" if args.quick else "full",
+        "machine": machine_info("cpu"),
+        "load_average": os.getloadavg(),
+        "video": {key: value for key, value in video.items() if key != "path"},
+        "sampling": "reference default: 1 frame every round(avg_fps) frames from frame 0",
+        "repeats": repeats,
+        "results": results,
+        "speedup_frames_per_second": ours["frames_per_second"] / reference["frames_per_second"],
+        "cpu_time_ratio": reference["cpu_seconds_per_frame"] / ours["cpu_seconds_per_frame"],
+        "peak_rss_ratio": ours["peak_rss_mb"] / reference["peak_rss_mb"],
+        "peak_rss_above_imports_ratio": ours["peak_rss_above_imports_mb"] / reference["peak_rss_above_imports_mb"],
+        "parity": check,
+        "goal": "frames/s >= 3x the reference and peak RSS <= 0.5x",
+    }
+    write_json(output, payload)
+    print(json.dumps({key: payload[key] for key in ("speedup_frames_per_second", "cpu_time_ratio", "peak_rss_ratio",
+                                                   "peak_rss_above_imports_ratio", "parity")}, indent=2))
+    print(f"written to {output}")
+
+
+if __name__ == "__main__":
+    main()
