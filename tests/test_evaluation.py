@@ -447,6 +447,8 @@ def test_videomme_end_to_end_with_subtitles_and_a_missing_video(tmp_path, checkp
     assert [breakdown[d]["num_samples"] for d in ("short", "medium", "long")] == [2, 1, 0]
     assert breakdown["long"]["accuracy"] is None
     assert report["counts"]["with_subtitles"] == 2  # the two questions on the video that has an .srt
+    tokens = {r["id"]: r.get("prompt_tokens") for r in read_jsonl(output / "predictions.jsonl")}
+    assert tokens["001-1"] > tokens["002-1"]  # same question, plus the subtitle preamble
     check_report_against_predictions(report, output)
     # 0.5 fps of a 3 s video at 4 fps: frames 0 and 8.
     assert report["compression"]["frames_sampled"]["max"] == 2

@@ -106,7 +106,10 @@ class VideoQAPredictor:
             }
         ]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = self.processor(text=[text], videos=[video], return_tensors="pt", **video_kwargs)
+        # The rendered template already holds its special tokens (Llama-3's BOS): do not add them twice.
+        inputs = self.processor(
+            text=[text], videos=[video], return_tensors="pt", add_special_tokens=False, **video_kwargs
+        )
         return inputs, bool(subtitles)
 
     # -- generation --------------------------------------------------------------------------------------------------
