@@ -17,6 +17,12 @@ a parity check of the two outputs.
 
     python benchmarks/processor.py            # full: 720p, 30 fps, 180 s
     python benchmarks/processor.py --quick    # tiny: 160x90, 30 fps, 6 s (a smoke test)
+    python benchmarks/processor.py --long     # memory bound: a one-hour video (160x90, 30 fps), longvu_hf only
+
+`--long` checks the memory promise: for a one-hour video at 1 fps (3,600 frames) the processor needs its uint8
+outputs at both resolutions (3,600 x (3x384x384 + 3x378x378) bytes = 3.1 GB) plus a few decoded frame batches. The
+frames are small so that the video is quick to make; the outputs, which dominate, have their full size. The reference
+is not run there: its float32 outputs alone would take 12.5 GB.
 """
 
 import argparse
@@ -162,7 +168,8 @@ def run_reference(video_path: str) -> dict:
     video = np.stack([read(index) for index in frame_indices])  # README: all raw frames, stacked
 
     outputs = {}
-    for name, mean, std, size in [("siglip", SIGLIP_MEAN, SIGLIP_STD, SIGLIP_SIZE), ("dino", DINO_MEAN, DINO_STD, DINO_SIZE)]:
+    encoders = [("siglip", SIGLIP_MEAN, SIGLIP_STD, SIGLIP_SIZE), ("dino", DINO_MEAN, DINO_STD, DINO_SIZE)]
+    for name, mean, std, size in encoders:
         fill = tuple(int(255 * m) for m in mean)
         tensors = []
         for frame in video:  # process_images: one frame at a time
@@ -242,6 +249,7 @@ def parity(ours_path: str, reference_path: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny video, a few seconds (smoke test)")
+    parser.add_argument("--long", action="store_true", help="one-hour video, memory bound of longvu_hf only")
     parser.add_argument("--seconds", type=int, help="video length (default 180, quick 6)")
     parser.add_argument("--repeats", type=int, help="runs per contender, alternating; best kept (default 3, quick 1)")
     parser.add_argument("--video", help="use this video instead of generating one")
@@ -255,6 +263,8 @@ def main() -> None:
 
     from benchmark_utils import RESULTS_DIR, machine_info, write_json
 
+    if args.long:
+        return main_long(args)
     width, height = (160, 90) if args.quick else (1280, 720)
     seconds = args.seconds or (6 if args.quick else 180)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -303,6 +313,40 @@ def main() -> None:
     write_json(output, payload)
     print(json.dumps({key: payload[key] for key in ("speedup_frames_per_second", "cpu_time_ratio", "peak_rss_ratio",
                                                    "peak_rss_above_imports_ratio", "parity")}, indent=2))
+    print(f"written to {output}")
+
+
+def main_long(args) -> None:
+    """One-hour video: peak RSS of longvu_hf against the size of its outputs."""
+    from benchmark_utils import RESULTS_DIR, machine_info, write_json
+
+    seconds = args.seconds or 3600
+    output = args.output or RESULTS_DIR / "processor_long.json"
+    with tempfile.TemporaryDirectory() as scratch:
+        if args.video:
+            video = {"path": args.video, "bytes": os.path.getsize(args.video), "generator": "given"}
+        else:
+            print(f"making a 160x90 30 fps {seconds} s video ...", flush=True)
+            video = make_benchmark_video(Path(scratch) / "long.mp4", 160, 90, 30, seconds)
+        record = run_worker(f"longvu_hf:{args.backends.split(',')[0]}", video["path"])
+    frames = record["frames"]
+    output_bytes = frames * 3 * (SIGLIP_SIZE**2 + DINO_SIZE**2)
+    batch_bytes = 8 * video.get("width", 160) * video.get("height", 90) * 3
+    payload = {
+        "benchmark": "processor_long_video_memory",
+        "machine": machine_info("cpu"),
+        "load_average": os.getloadavg(),
+        "video": {key: value for key, value in video.items() if key != "path"},
+        "result": record,
+        "output_mb": output_bytes / 2**20,
+        "peak_rss_above_imports_mb": record["peak_rss_above_imports_mb"],
+        "overhead_above_outputs_mb": record["peak_rss_above_imports_mb"] - output_bytes / 2**20,
+        "one_decoded_batch_mb": batch_bytes / 2**20,
+        "bound": "peak RSS above imports <= uint8 outputs + a few decoded frame batches",
+    }
+    write_json(output, payload)
+    print(json.dumps({key: payload[key] for key in ("output_mb", "peak_rss_above_imports_mb",
+                                                   "overhead_above_outputs_mb")}, indent=2))
     print(f"written to {output}")
 
 

@@ -35,7 +35,8 @@ from PIL import Image
 
 
 def fill_colour(image_mean: Sequence[float]) -> tuple[int, int, int]:
-    """The reference's padding colour for an encoder: `int(255 * mean)` per channel (SigLIP 127s, DINOv2 123/116/103)."""
+    """The reference's padding colour for an encoder: `int(255 * mean)` per channel (SigLIP 127s, DINOv2
+    123/116/103)."""
     if isinstance(image_mean, (int, float)):
         image_mean = (image_mean,) * 3
     return tuple(int(255 * channel_mean) for channel_mean in image_mean)
@@ -94,7 +95,9 @@ def pad_and_resize_torch(
     size: int,
     do_pad: bool = True,
 ) -> torch.Tensor:
-    """Vectorised `pad_and_resize_pil` for a batch (B, 3, H, W) uint8 on any device. Returns (B, 3, size, size) uint8."""
+    """Vectorised `pad_and_resize_pil` for a batch (B, 3, H, W) uint8 on any device.
+
+    Returns (B, 3, size, size) uint8."""
     batch, channels, height, width = frames.shape
     values = frames.float()
     fill_values = torch.tensor(fill, dtype=values.dtype, device=values.device).view(1, channels, 1, 1)

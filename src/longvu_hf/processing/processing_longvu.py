@@ -153,8 +153,9 @@ class LongVUProcessor(ProcessorMixin):
     ...     {"type": "video", "path": "clip.mp4"}, {"type": "text", "text": "What happens?"}]}]
     >>> inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
     ...                                        return_dict=True, return_tensors="pt", processor_kwargs={"fps": 1})
-    >>> sorted(inputs.keys())
-    ['attention_mask', 'input_ids', 'pixel_values_videos', 'pixel_values_videos_dino', 'video_num_frames', 'video_sizes']
+    >>> sorted(inputs.keys())  # doctest: +NORMALIZE_WHITESPACE
+    ['attention_mask', 'input_ids', 'pixel_values_videos', 'pixel_values_videos_dino',
+     'video_num_frames', 'video_sizes']
     >>> generated = model.generate(**inputs, max_new_tokens=32)
     >>> answer = processor.post_process_image_text_to_text(generated, prompt_input_ids=inputs["input_ids"])[0]
     ```

@@ -246,7 +246,8 @@ class PyAVFrameSource(FrameSource):
             try:
                 packet_pts, keyframes = self._scan_packets(container, stream)
             except av.error.FFmpegError as error:
-                raise ValueError(f"Video {name} is corrupt: reading its packets failed ({_describe(error)}).") from error
+                message = f"Video {name} is corrupt: reading its packets failed ({_describe(error)})."
+                raise ValueError(message) from error
 
         if not packet_pts:
             raise ValueError(f"Video {name} has no frames.")
@@ -295,7 +296,9 @@ class PyAVFrameSource(FrameSource):
         stream = container.streams.video[0]
         codec_context = stream.codec_context
         if codec_context is None or getattr(codec_context, "codec", None) is None:
-            raise ValueError(f"Video {self.name} uses an unsupported codec: FFmpeg has no decoder for its video stream.")
+            raise ValueError(
+                f"Video {self.name} uses an unsupported codec: FFmpeg has no decoder for its video stream."
+            )
         if not codec_context.width or not codec_context.height:
             codec_name = getattr(codec_context, "name", None) or "unknown"
             raise ValueError(
@@ -363,9 +366,11 @@ class PyAVFrameSource(FrameSource):
             next_pos = 0  # decode position of the next packet the demuxer returns
             seek_to = self._seek_target(pending[-1], key_ranks, next_pos)
             while pending:
-                just_seeked = seek_to is not None
-                if just_seeked:
-                    container.seek(seek_to[2], stream=stream, backward=True, any_frame=False)
+                # After a seek, the first packet must be the keyframe sought (or an earlier one).
+                expected_key_pos = None
+                if seek_to is not None:
+                    _, expected_key_pos, key_pts = seek_to
+                    container.seek(key_pts, stream=stream, backward=True, any_frame=False)
                     codec_context.flush_buffers()
                 seek_to = None
                 for packet in container.demux(stream):
@@ -373,9 +378,9 @@ class PyAVFrameSource(FrameSource):
                         packet_pos = pts_to_pos.get(packet.pts)
                         if packet_pos is None:
                             raise _RestartSequential
-                        if just_seeked and packet_pos > self._keyframes[bisect.bisect_right(key_ranks, pending[-1]) - 1][1]:
+                        if expected_key_pos is not None and packet_pos > expected_key_pos:
                             raise _RestartSequential  # the seek landed after the keyframe we need
-                        just_seeked = False
+                        expected_key_pos = None
                         next_pos = packet_pos + 1
                         # Frames nobody wants are skipped when no other frame references them.
                         codec_context.skip_frame = "DEFAULT" if pts_to_rank[packet.pts] in wanted_set else "NONREF"
@@ -447,7 +452,8 @@ class TorchCodecFrameSource(FrameSource):
         header = getattr(meta, "num_frames_from_header", None)
         if header and total < header:
             raise ValueError(
-                f"Video {name} is truncated or corrupt: its header lists {header} frames but only {total} could be read."
+                f"Video {name} is truncated or corrupt: its header lists {header} frames but only {total} could "
+                "be read."
             )
         fps = float(meta.average_fps) if meta.average_fps else None
         self.metadata = VideoMetadata(

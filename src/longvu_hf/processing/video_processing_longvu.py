@@ -370,7 +370,9 @@ class LongVUVideoProcessor(BaseVideoProcessor):
         for source, indices in zip(sources, frame_indices):
             batches = source.iter_frames(indices, kwargs["decode_batch_size"])
             if source.metadata.video_backend not in ("array",):
-                batches = prefetch(batches)  # decode the next batch while this one is resized
+                # Decode the next batch while this one is resized; at most 3 batches exist at a time (one being
+                # decoded, one queued, one being resized).
+                batches = prefetch(batches, depth=1)
             self._fill_outputs(batches, outputs, offset, kwargs)
             offset += len(indices)
 
@@ -404,7 +406,9 @@ class LongVUVideoProcessor(BaseVideoProcessor):
         elif isinstance(metadata, (list, tuple)) and metadata and isinstance(metadata[0], (list, tuple)):
             metadata = [entry for group in metadata for entry in group]
         if len(metadata) != len(batch):
-            raise ValueError(f"Got {len(batch)} videos but {len(metadata)} `video_metadata` entries; pass one per video.")
+            raise ValueError(
+                f"Got {len(batch)} videos but {len(metadata)} `video_metadata` entries; pass one per video."
+            )
         sources = []
         for position, (video, video_metadata) in enumerate(zip(batch, metadata)):
             name = None if isinstance(video, str) else f"#{position} (in-memory frames)"
