@@ -12,8 +12,6 @@ Distributed (see docs/training.md for 1 GPU, 8 GPUs and 8 nodes x 8 GPUs):
 
 import sys
 
-from transformers import set_seed
-
 import longvu_hf  # noqa: F401  (registers LongVU with the Auto classes)
 from longvu_hf.training.model_setup import qlora_quantization_config
 from longvu_hf.training.recipe import parse_config, train
@@ -29,7 +27,6 @@ def main(argv: list[str] | None = None) -> None:
             qlora_quantization_config()  # fails here, with one clear line, on a machine without a CUDA GPU
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         raise SystemExit(f"train.py: {error}") from None
-    set_seed(training_args.seed)
     train(model_args, data_args, training_args)
 
 

@@ -17,7 +17,15 @@ import pytest
 import torch
 from PIL import Image
 from tokenizers import AddedToken
-from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    Dinov2Model,
+    Qwen2ForCausalLM,
+    SiglipVisionModel,
+    TrainerCallback,
+    set_seed,
+)
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from longvu_hf import LongVUForConditionalGeneration, LongVUProcessor, LongVUVideoProcessor
@@ -25,6 +33,7 @@ from longvu_hf.training import (
     IGNORE_INDEX,
     LongVUDataCollator,
     LongVUTrainer,
+    init_model_from_parts,
     load_conversation_dataset,
     load_trained_model,
     prepare_stage2_model,
@@ -34,7 +43,7 @@ from longvu_hf.training.data import normalize_record
 from longvu_hf.training.recipe import apply_global_batch_size, parse_config, train
 
 from conftest import make_tiny_tokenizer, make_video
-from tiny_model import make_tiny_model
+from tiny_model import make_tiny_model, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("dog", "runs", "cat", "sits")
@@ -81,6 +90,16 @@ def snapshot(model) -> dict[str, torch.Tensor]:
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """The tiny models run hundreds of microsecond-sized ops per step: one thread avoids OpenMP synchronisation that
+    costs more than the ops themselves (more than 10x slower with 2 threads on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Media files (real mp4s, a gif, a frame folder, a .npy, an image, a corrupt mp4), a processor and a stage-1
@@ -102,18 +121,33 @@ def workspace(tmp_path_factory):
     stage1_init = root / "stage1_init"
     make_tiny_model(tokenizer=processor.tokenizer, num_queries=576, highres=False).save_pretrained(stage1_init)
     processor.save_pretrained(stage1_init)
+    # The pretrained parts stage 1 starts from: an LLM (with its tokenizer), SigLIP and DINOv2.
+    parts = tiny_config(vocab_size=len(processor.tokenizer))
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(parts.text_config).save_pretrained(root / "llm")
+    processor.tokenizer.save_pretrained(root / "llm")
+    SiglipVisionModel(parts.vision_config).save_pretrained(root / "siglip")
+    Dinov2Model(parts.dino_config).save_pretrained(root / "dino")
     images = write_json(root / "images.json", [{"id": f"i{i}", "image": "photo.png", "conversations": conversation("<image>")} for i in range(8)])
     return SimpleNamespace(root=root, media=media, processor=processor, stage1_init=stage1_init, images=images)
 
 
+# Widths of the tiny model's new modules when it is built from parts (tiny_model.tiny_config's values).
+TINY_PARTS_OVERRIDES = {"aggregator_hidden_size": 32, "aggregator_num_heads": 4, "max_context_length": 1024}
+
+
 @pytest.fixture(scope="module")
 def stage1_run(workspace):
-    """Stage 1 on images: 4 steps with checkpoints at steps 2 and 4 (the resume test starts from step 2)."""
+    """Stage 1 on images from the LLM and the two towers: 4 steps, checkpoints at steps 2 and 4 (the resume test
+    starts from step 2)."""
     output = workspace.root / "stage1"
+    overrides = {"num_queries": 576, "highres": False, **TINY_PARTS_OVERRIDES}
     config = write_config(
         workspace.root / "stage1.json",
-        model_name_or_path=str(workspace.stage1_init),
-        model_config_overrides={"num_queries": 576, "highres": False},
+        text_model_name_or_path=str(workspace.root / "llm"),
+        vision_model_name_or_path=str(workspace.root / "siglip"),
+        dino_model_name_or_path=str(workspace.root / "dino"),
+        model_config_overrides=overrides,
         data_files=[str(workspace.images)],
         media_root=str(workspace.media),
         output_dir=str(output),
@@ -121,8 +155,11 @@ def stage1_run(workspace):
         save_strategy="steps",
         save_steps=2,
     )
-    before = snapshot(LongVUForConditionalGeneration.from_pretrained(workspace.stage1_init))
-    trainer = train(*parse_config(config))
+    model_args, data_args, training_args = parse_config(config)
+    set_seed(training_args.seed)
+    before = snapshot(init_model_from_parts(workspace.root / "llm", workspace.root / "siglip", workspace.root / "dino",
+                                            workspace.processor, **overrides))
+    trainer = train(model_args, data_args, training_args)
     return SimpleNamespace(trainer=trainer, before=before, output=output, config=config)
 
 
@@ -228,6 +265,10 @@ def test_labels_token_by_token(backbone, expected, mode):
     assert labels == expected_labels
 
 
+def processor_id(workspace, token: str) -> int:
+    return workspace.processor.tokenizer.convert_tokens_to_ids(token)
+
+
 def test_model_keeps_the_labels_over_the_expanded_sequence(workspace):
     """The collator labels the text; the model expands each placeholder and labels its visual positions -100."""
     collator = LongVUDataCollator(workspace.processor, media_root=str(workspace.media))
@@ -237,12 +278,18 @@ def test_model_keeps_the_labels_over_the_expanded_sequence(workspace):
     model = make_tiny_model(tokenizer=workspace.processor.tokenizer)
     with torch.no_grad():
         out = model(**batch)
-    for row in range(2):
-        text_targets = batch["labels"][row][batch["labels"][row] != IGNORE_INDEX]
-        expanded_targets = out.labels[row][out.labels[row] != IGNORE_INDEX]
-        assert expanded_targets.tolist() == text_targets.tolist()
-    report = out.compression[0]
-    assert out.labels.shape[1] > batch["labels"].shape[1] + report["num_visual_tokens"] - 2
+    visual_tokens = [out.compression[0]["num_visual_tokens"], out.image_compression[0]["num_visual_tokens"]]
+    for row, placeholder in enumerate([processor_id(workspace, "<video>"), processor_id(workspace, "<image>")]):
+        text_ids, text_labels = batch["input_ids"][row], batch["labels"][row]
+        expanded_mask = out.attention_mask[row].bool()
+        # One placeholder became `visual_tokens[row]` positions, all labelled -100; every other label is kept.
+        assert int(expanded_mask.sum()) == int(batch["attention_mask"][row].sum()) - 1 + visual_tokens[row]
+        start = int((text_ids == placeholder).nonzero())
+        expanded = out.labels[row][expanded_mask]
+        assert (expanded[start : start + visual_tokens[row]] == IGNORE_INDEX).all()
+        real = batch["attention_mask"][row].bool()
+        expected = torch.cat([text_labels[real][:start], text_labels[real][start + 1 :]])
+        assert torch.equal(torch.cat([expanded[:start], expanded[start + visual_tokens[row] :]]), expected)
     assert torch.isfinite(out.loss)
 
 
@@ -322,6 +369,22 @@ def _cpu_args(output_dir):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def test_stage1_model_is_built_from_the_pretrained_parts(stage1_run, workspace):
+    before = stage1_run.before
+    parts = {
+        "model.language_model.": Qwen2ForCausalLM.from_pretrained(workspace.root / "llm").model.state_dict(),
+        "model.vision_tower.": SiglipVisionModel.from_pretrained(workspace.root / "siglip").state_dict(),
+        "model.dino_tower.": Dinov2Model.from_pretrained(workspace.root / "dino").state_dict(),
+    }
+    for prefix, weights in parts.items():
+        mine = {name[len(prefix):]: tensor for name, tensor in before.items() if name.startswith(prefix)}
+        assert mine.keys() == weights.keys() and all(torch.equal(mine[k], weights[k]) for k in weights), prefix
+    assert not any(".pos_embeds." in name for name in before)  # 576 queries: 1x1 windows, no position embeddings
+    saved = LongVUForConditionalGeneration.from_pretrained(stage1_run.output).config
+    assert (saved.num_queries, saved.highres) == (576, False)
+    assert saved.video_token_id == workspace.processor.video_token_id
+
+
 def test_stage1_trains_everything_but_the_towers(stage1_run):
     trainer, before = stage1_run.trainer, stage1_run.before
     history = losses(trainer)
@@ -343,7 +406,8 @@ def test_stage1_trains_everything_but_the_towers(stage1_run):
 
 def test_resume_continues_from_the_saved_step(stage1_run, workspace):
     class CountSteps(TrainerCallback):
-        steps: list[int] = []
+        def __init__(self):
+            self.steps = []
 
         def on_step_end(self, args, state, control, **kwargs):
             self.steps.append(state.global_step)
@@ -386,8 +450,9 @@ def test_prepare_stage2_creates_window_position_embeddings(stage1_run, tmp_path)
 
 def test_stage2_on_videos_skips_bad_media_and_the_result_generates(stage1_run, workspace):
     records = [{"id": f"v{i}", "video": "clip_a.mp4", "conversations": conversation("<video>")} for i in range(6)]
-    records += [{"id": "broken", "video": "corrupt.mp4", "conversations": conversation("<video>")},
-                {"id": "gone", "video": "missing/clip.mp4", "conversations": conversation("<video>")}]
+    # In order, every batch of 2 keeps one good video: all logged losses are of the same sample.
+    records.insert(1, {"id": "broken", "video": "corrupt.mp4", "conversations": conversation("<video>")})
+    records.insert(4, {"id": "gone", "video": "missing/clip.mp4", "conversations": conversation("<video>")})
     data = write_json(workspace.root / "videos.jsonl", records, lines=True)
     output = workspace.root / "stage2"
     config = write_config(
@@ -400,6 +465,7 @@ def test_stage2_on_videos_skips_bad_media_and_the_result_generates(stage1_run, w
         video_fps=1.0,
         output_dir=str(output),
         num_train_epochs=1,
+        train_sampling_strategy="sequential",
     )
     stage1 = snapshot(LongVUForConditionalGeneration.from_pretrained(stage1_run.output))
     trainer = train(*parse_config(config))
@@ -471,6 +537,9 @@ def test_lora_trains_only_adapters_and_modules_to_save(workspace):
         expected = trainer.model.eval()(input_ids=ids, **image).logits
         torch.testing.assert_close(merged.eval()(input_ids=ids, **image).logits, expected, rtol=1e-4, atol=1e-4)
     assert merged.generate(input_ids=ids, **image, max_new_tokens=2).shape[1] > ids.shape[1]
+    adapter = AutoModelForImageTextToText.from_pretrained(output)  # transformers' own PEFT integration
+    with torch.no_grad():
+        torch.testing.assert_close(adapter(input_ids=ids, **image).logits, expected, rtol=1e-4, atol=1e-4)
     from longvu_hf.training.recipe import save_merged_model
 
     save_merged_model(str(output), str(output / "merged"), torch.float32)

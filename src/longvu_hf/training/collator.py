@@ -61,7 +61,8 @@ class LongVUDataCollator:
     Rows whose media is missing or cannot be decoded, whose text exceeds `max_length`, or that have nothing to learn
     from are **dropped from the batch** with a warning and counted in `skipped` (never replaced by another sample).
     If a whole batch is dropped, a minimal batch with a black image and no supervised token is returned instead, so
-    that every process still runs its forward/backward; `LongVUTrainer` gives it a loss of exactly zero.
+    that every process still runs its forward/backward; `LongVUTrainer` gives it a loss of exactly zero (no
+    gradient).
 
     Args:
         processor: the model's `LongVUProcessor` (tokenizer, chat template, video processor).

@@ -62,6 +62,75 @@ def load_config_with_overrides(path: str | os.PathLike, **overrides) -> LongVUCo
     return LongVUConfig.from_dict(config_dict)
 
 
+STAGE1_DEFAULTS = {"num_queries": 576, "highres": False}
+
+
+def _load_into(module: nn.Module, source: nn.Module, name: str) -> None:
+    missing, unexpected = module.load_state_dict(source.state_dict(), strict=False)
+    if missing:
+        raise ValueError(f"the {name} checkpoint lacks weights the model needs: {missing[:5]}")
+    if unexpected:
+        logger.info("Ignored %d %s weights LongVU does not use (e.g. %s)", len(unexpected), name, unexpected[:3])
+
+
+def init_model_from_parts(
+    text_model: str | os.PathLike,
+    vision_model: str | os.PathLike,
+    dino_model: str | os.PathLike,
+    processor,
+    *,
+    dtype: torch.dtype | None = None,
+    **config_overrides,
+) -> LongVUForConditionalGeneration:
+    """The model stage 1 starts from: a pretrained LLM (Qwen2 / Llama), SigLIP and DINOv2, with a new (randomly
+    initialised) aggregator, projector and row-newline embedding. Stage-1 defaults: 576 queries, `highres=False`.
+
+    The placeholder ids come from `processor` (a `LongVUProcessor` over the LLM's tokenizer); when its placeholders
+    were added past the LLM's vocabulary (Llama 3), the embeddings are resized to the tokenizer.
+
+    Example:
+
+    ```python
+    >>> processor = LongVUProcessor(AutoTokenizer.from_pretrained("Qwen/Qwen2-7B-Instruct"))
+    >>> model = init_model_from_parts("Qwen/Qwen2-7B-Instruct", "google/siglip-so400m-patch14-384",
+    ...                               "facebook/dinov2-giant", processor, dtype=torch.bfloat16)
+    ```
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    vision_config = AutoConfig.from_pretrained(str(vision_model))
+    vision_config = getattr(vision_config, "vision_config", None) or vision_config  # a full SigLIP checkpoint
+    text_config = AutoConfig.from_pretrained(str(text_model))
+    config = LongVUConfig(
+        text_config=text_config,
+        vision_config=vision_config,
+        dino_config=AutoConfig.from_pretrained(str(dino_model)),
+        video_token_index=processor.video_token_id,
+        image_token_index=processor.image_token_id,
+        **{**STAGE1_DEFAULTS, **config_overrides},
+    )
+    model = LongVUForConditionalGeneration(config)
+    longvu = model.model
+    kwargs = {"dtype": dtype} if dtype is not None else {}
+    llm = AutoModelForCausalLM.from_pretrained(str(text_model), **kwargs)
+    _load_into(longvu.language_model, llm.get_decoder(), "language model")
+    if not config.tie_word_embeddings:
+        _load_into(model.lm_head, llm.get_output_embeddings(), "LM head")
+    del llm
+    tower = type(longvu.vision_tower).from_pretrained(str(vision_model), config=config.vision_config, **kwargs)
+    _load_into(longvu.vision_tower, tower, "SigLIP")
+    tower = type(longvu.dino_tower).from_pretrained(str(dino_model), config=config.dino_config, **kwargs)
+    _load_into(longvu.dino_tower, tower, "DINOv2")
+    del tower
+    if dtype is not None:
+        model = model.to(dtype)
+    model.tie_weights()
+    vocabulary = len(processor.tokenizer)
+    if max(processor.video_token_id, processor.image_token_id) >= model.config.text_config.vocab_size:
+        model.resize_token_embeddings(vocabulary)
+    return model
+
+
 def _window_position_embedding_names(model: nn.Module) -> set[str]:
     return {name for name, _ in model.named_parameters() if re.search(r"\.pos_embeds\.\d+$", name)}
 
@@ -222,6 +291,7 @@ __all__ = [
     "LORA_MODULES_TO_SAVE",
     "apply_lora",
     "freeze_vision_towers",
+    "init_model_from_parts",
     "is_adapter_checkpoint",
     "load_config_with_overrides",
     "load_trained_model",

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import AutoProcessor, HfArgumentParser, TrainingArguments
+from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 
 from ..modeling import LongVUForConditionalGeneration
+from ..processing import LongVUProcessor, LongVUVideoProcessor
 from .collator import LABEL_MODES, LongVUDataCollator
 from .data import load_conversation_dataset
 from .model_setup import (
@@ -25,6 +26,7 @@ from .model_setup import (
     LORA_MODULES_TO_SAVE,
     apply_lora,
     freeze_vision_towers,
+    init_model_from_parts,
     is_adapter_checkpoint,
     load_config_with_overrides,
     load_trained_model,
@@ -45,6 +47,16 @@ class ModelArguments:
 
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "A LongVU checkpoint folder (converted release, or a previous stage's output)."}
+    )
+    text_model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Stage 1 from scratch: the LLM (e.g. Qwen/Qwen2-7B-Instruct), used with the two towers below."},
+    )
+    vision_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Stage 1 from scratch: SigLIP (e.g. google/siglip-so400m-patch14-384)."}
+    )
+    dino_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Stage 1 from scratch: DINOv2 (e.g. facebook/dinov2-giant)."}
     )
     processor_name_or_path: str | None = field(
         default=None, metadata={"help": "Processor folder; defaults to model_name_or_path."}
@@ -82,7 +94,19 @@ class ModelArguments:
     )
     new_parameter_seed: int = field(default=0, metadata={"help": "Seed of the stage-2 window position embeddings."})
 
+    @property
+    def from_parts(self) -> bool:
+        return self.model_name_or_path is None
+
     def __post_init__(self):
+        parts = (self.text_model_name_or_path, self.vision_model_name_or_path, self.dino_model_name_or_path)
+        if self.model_name_or_path is not None and any(parts):
+            raise ValueError("give either `model_name_or_path` or the three `*_model_name_or_path` parts, not both")
+        if self.model_name_or_path is None and any(parts) and not all(parts):
+            raise ValueError(
+                "building stage 1 from parts needs text_model_name_or_path, vision_model_name_or_path and "
+                "dino_model_name_or_path"
+            )
         if self.finetuning not in FINETUNING_MODES:
             raise ValueError(f"finetuning must be one of {FINETUNING_MODES}, got {self.finetuning!r}")
         if self.model_dtype not in DTYPES:
@@ -106,7 +130,11 @@ class DataArguments:
         default="assistant", metadata={"help": "assistant (answers only) | reference (the official masking)."}
     )
     max_length: int | None = field(
-        default=None, metadata={"help": "Skip samples whose text (one token per placeholder) is longer."}
+        default=None,
+        metadata={
+            "help": "Skip samples whose text (one token per placeholder) is longer; default: what leaves room for "
+            "one full-resolution frame within the model's max_context_length."
+        },
     )
     global_batch_size: int | None = field(
         default=None,
@@ -147,8 +175,10 @@ def parse_config(
         raise ValueError(f"{config_path}: unknown option(s) {unknown}")
     parser.set_defaults(**values)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=cli_args or [])
-    if not model_args.model_name_or_path:
-        raise ValueError(f"{config_path}: `model_name_or_path` is required")
+    if not model_args.model_name_or_path and not model_args.text_model_name_or_path:
+        raise ValueError(
+            f"{config_path}: `model_name_or_path` (or, for stage 1 from scratch, the text/vision/dino parts) is required"
+        )
     if not data_args.data_files:
         raise ValueError(f"{config_path}: `data_files` is required")
     return model_args, data_args, training_args
@@ -168,8 +198,17 @@ def apply_global_batch_size(training_args: TrainingArguments, global_batch_size:
     training_args.gradient_accumulation_steps = global_batch_size // per_step
 
 
-def build_model(model_args: ModelArguments, training_args: TrainingArguments | None = None):
-    """The model to train: loaded (or switched from stage 1), towers frozen, LoRA / QLoRA applied if asked."""
+def build_processor(model_args: ModelArguments):
+    """The run's processor: saved with the model, or (stage 1 from parts) made from the LLM's tokenizer."""
+    path = model_args.processor_name_or_path or model_args.model_name_or_path
+    if path is not None:
+        return AutoProcessor.from_pretrained(path)
+    return LongVUProcessor(AutoTokenizer.from_pretrained(model_args.text_model_name_or_path), LongVUVideoProcessor())
+
+
+def build_model(model_args: ModelArguments, processor=None):
+    """The model to train: loaded (from a checkpoint, from a stage-1 result, or from the LLM and the two towers),
+    towers frozen, LoRA / QLoRA applied if asked."""
     dtype = DTYPES[model_args.model_dtype]
     load_kwargs: dict[str, Any] = {"dtype": dtype}
     if model_args.finetuning == "qlora":
@@ -177,7 +216,18 @@ def build_model(model_args: ModelArguments, training_args: TrainingArguments | N
         # One full copy per process; FSDP/DeepSpeed sharding of 4-bit weights is out of scope here.
         load_kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     path = model_args.model_name_or_path
-    if model_args.from_stage1:
+    if model_args.from_parts:
+        if model_args.finetuning != "full" or model_args.from_stage1:
+            raise ValueError("a model built from its parts has new weights: train it with finetuning: full (stage 1)")
+        model = init_model_from_parts(
+            model_args.text_model_name_or_path,
+            model_args.vision_model_name_or_path,
+            model_args.dino_model_name_or_path,
+            processor if processor is not None else build_processor(model_args),
+            dtype=dtype,
+            **model_args.model_config_overrides,
+        )
+    elif model_args.from_stage1:
         if model_args.finetuning != "full":
             raise ValueError(
                 "from_stage1 creates new weights and, as in the reference, trains everything: use finetuning: full. "
@@ -210,9 +260,15 @@ def build_trainer(
         # The collator needs the raw columns (paths, turns); Trainer would drop them as unknown to `forward`.
         training_args.remove_unused_columns = False
     apply_global_batch_size(training_args, data_args.global_batch_size)
-    processor = AutoProcessor.from_pretrained(model_args.processor_name_or_path or model_args.model_name_or_path)
+    set_seed(training_args.seed)  # new weights (aggregator, projector, window position embeddings) are reproducible
+    processor = build_processor(model_args)
     if model is None:
-        model = build_model(model_args, training_args)
+        model = build_model(model_args, processor)
+    max_length = data_args.max_length
+    if max_length is None:
+        # Text longer than this would leave no room for one full-resolution frame in the model's context budget.
+        config = model.config
+        max_length = config.max_context_length - config.context_margin - config.num_queries - config.query_grid_size
     with training_args.main_process_first(desc="loading the training data"):
         dataset = load_conversation_dataset(
             data_args.data_files,
@@ -226,7 +282,7 @@ def build_trainer(
         video_fps=data_args.video_fps,
         max_frames=data_args.max_frames,
         label_mode=data_args.label_mode,
-        max_length=data_args.max_length,
+        max_length=max_length,
     )
     return LongVUTrainer(
         model=model,
@@ -258,6 +314,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, training_args: T
     """Run one training job and save its result in `training_args.output_dir`; returns the trainer."""
     trainer = build_trainer(model_args, data_args, training_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    if trainer.is_fsdp_enabled:
+        # Checkpoints during training may hold shards; the final model must be one loadable state dict.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(training_args.output_dir)  # the processor is saved next to the weights
     if trainer.is_world_process_zero():
         if model_args.finetuning != "full" and model_args.save_merged_model and is_adapter_checkpoint(
@@ -282,6 +341,7 @@ __all__ = [
     "ModelArguments",
     "apply_global_batch_size",
     "build_model",
+    "build_processor",
     "build_trainer",
     "parse_config",
     "save_merged_model",

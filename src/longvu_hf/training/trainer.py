@@ -17,9 +17,12 @@ class LongVUTrainer(Trainer):
 
     - Samples whose media cannot be decoded are dropped by `LongVUDataCollator` (with a warning); the trainer adds up
       how many (`skipped_samples`, summed over processes, in the logs and in `trainer.skipped_samples`).
-    - A batch with no supervised token (every sample in it was skipped, or the answers were empty) still runs
-      forward and backward, so all processes stay in step under DDP/FSDP/DeepSpeed, but with a loss of exactly zero:
-      it changes no weight (the optimizer step still happens, with zero gradients from that batch).
+    - A batch with no supervised token (every sample in it was skipped) still runs forward and backward, so all
+      processes stay in step under DDP/FSDP/DeepSpeed, with a loss of exactly zero: it adds no gradient. Since the
+      loss is normalised by the supervised tokens of all processes and accumulation steps
+      (`average_tokens_across_devices`, on by default), the other samples' gradients are exactly what they would be
+      without it. Only when every process and accumulation step of an optimizer step came up empty does the step
+      run on zero gradients (AdamW's momentum still moves the weights a little; the schedule advances).
 
     Example:
 
