@@ -357,6 +357,10 @@ def test_synthetic_release_converts_and_reloads(tmp_path, release):
 
     card = ModelCard.load(output / "README.md")
     assert card.data.base_model == f"Vision-CAIR/{release}" and card.data.library_name == "transformers"
+    assert card.data.pipeline_tag == ("video-text-to-text" if kind == "video" else "image-text-to-text")
+    assert f"\n# {output.name}\n" in card.text
+    assert ("Cutting Knowledge Date" in card.text) == (family == "llama")  # the Llama template difference
+    assert ("Llama 3.2 Community License" in card.text) == (family == "llama")
 
 
 @pytest.fixture(scope="module")
@@ -692,14 +696,24 @@ def test_output_folder_is_never_clobbered(tmp_path, good_checkpoint, capsys):
     load_converted(output)
     assert not any(p.name.startswith(".longvu-convert-") for p in tmp_path.iterdir())
 
+    copy_of_checkpoint = _copy_checkpoint(good_checkpoint, tmp_path / "in_place")
+    with pytest.raises(ValueError, match="--output .*the same folder as --checkpoint"):
+        conv.convert(copy_of_checkpoint, SIGLIP_DIR, DINO_DIR, copy_of_checkpoint, overwrite=True)
+    assert sorted(p.name for p in copy_of_checkpoint.iterdir()) == ["config.json", "model.safetensors"]
 
-def test_push_to_hub_uploads_the_folder(tmp_path, good_checkpoint, monkeypatch):
+
+def test_default_bfloat16_and_push_to_hub(tmp_path, good_checkpoint, monkeypatch):
     from huggingface_hub import HfApi
 
     calls = []
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw["repo_id"],
                                                                                   kw["folder_path"])))
-    conv.main(convert_args(good_checkpoint, tmp_path / "out", SIGLIP_DIR, DINO_DIR, "--push-to-hub", "me/LongVU-hf"))
-    assert calls[0][:2] == ("create", "me/LongVU-hf") and calls[1] == ("upload", "me/LongVU-hf", str(tmp_path / "out"))
-    assert 'model_id = "me/LongVU-hf"' in (tmp_path / "out" / "README.md").read_text()
+    output = tmp_path / "out"
+    conv.main(["--checkpoint", str(good_checkpoint), "--siglip", str(SIGLIP_DIR), "--dino", str(DINO_DIR),
+               "--output", str(output), "--push-to-hub", "me/LongVU-hf"])
+    assert calls[0][:2] == ("create", "me/LongVU-hf") and calls[1] == ("upload", "me/LongVU-hf", str(output))
+    assert 'model_id = "me/LongVU-hf"' in (output / "README.md").read_text()
+    weights = load_file(str(output / "model.safetensors"))
+    assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.bfloat16}
+    assert json.loads((output / "config.json").read_text())["dtype"] == "bfloat16"

@@ -50,15 +50,15 @@ try:
 except ImportError:  # where older 5.x releases keep it
     from transformers.modeling_utils import no_init_weights
 
-# The six official releases and their LLM families (model cards, REFERENCE.md §8.1 and §10).
-OFFICIAL_RELEASES = {
-    "LongVU_Qwen2_7B": "qwen2",
-    "LongVU_Qwen2_7B_img": "qwen2",
-    "LongVU_Llama3_2_3B": "llama",
-    "LongVU_Llama3_2_3B_img": "llama",
-    "LongVU_Llama3_2_1B": "llama",
-    "LongVU_Llama3_2_1B_img": "llama",
-}
+# The six official releases (REFERENCE.md §8.1): a `--checkpoint` named like one of them gets it as `base_model`.
+OFFICIAL_RELEASES = (
+    "LongVU_Qwen2_7B",
+    "LongVU_Qwen2_7B_img",
+    "LongVU_Llama3_2_3B",
+    "LongVU_Llama3_2_3B_img",
+    "LongVU_Llama3_2_1B",
+    "LongVU_Llama3_2_1B_img",
+)
 SIGLIP_HUB_ID = "google/siglip-so400m-patch14-384"
 DINO_HUB_ID = "facebook/dinov2-giant"
 
@@ -604,19 +604,29 @@ def _infer_release(checkpoint: str) -> str | None:
 
 
 def _move_into(staging: Path, output: Path) -> None:
-    """Move the staged files into `output`. Weight files of an earlier conversion that the new one does not
-    overwrite are removed (as `save_pretrained` itself does for stale shards): `from_pretrained` prefers a stale
-    `model.safetensors` over a new sharded index, so keeping them would load the wrong weights."""
-    output.mkdir(parents=True, exist_ok=True)  # created here, with the user's default permissions
-    new_files = {p.name for p in staging.iterdir()}
+    """Move the staged conversion into `output`.
+
+    A new folder is the staging folder renamed (one atomic step). Into an existing folder, the files are moved one by
+    one, `config.json` last, so a folder with the new config always has the new weights; weight files of an earlier
+    conversion that the new one does not overwrite are removed (as `save_pretrained` itself does for stale shards),
+    because `from_pretrained` would prefer a stale `model.safetensors` to a new sharded index. Nothing else is touched.
+    """
+    if not output.exists():
+        os.replace(staging, output)
+        umask = os.umask(0)
+        os.umask(umask)
+        output.chmod(0o777 & ~umask)  # mkdtemp made it private; give it the user's default permissions
+        return
+    staged = sorted(staging.iterdir(), key=lambda p: p.name == "config.json")
+    clashes = [p.name for p in staged if (output / p.name).is_dir()]
+    if clashes:
+        raise FileExistsError(f"--output {output}: {clashes[0]} is a folder there; the converter will not replace it")
+    new_names = {p.name for p in staged}
     for path in output.iterdir():
-        if path.is_file() and _WEIGHT_FILE_PATTERN.match(path.name) and path.name not in new_files:
+        if path.is_file() and _WEIGHT_FILE_PATTERN.match(path.name) and path.name not in new_names:
             path.unlink()
-    for path in staging.iterdir():
-        target = output / path.name
-        if target.is_dir() and not path.is_dir():
-            raise FileExistsError(f"--output {output}: {path.name} is a folder; the converter will not replace it")
-        os.replace(path, target)
+    for path in staged:
+        os.replace(path, output / path.name)
     staging.rmdir()
 
 
@@ -653,6 +663,9 @@ def convert(
     siglip_dir = resolve_source(siglip, "--siglip", _TOWER_FILES)
     dino_dir = resolve_source(dino, "--dino", _TOWER_FILES)
     tokenizer_dir = resolve_source(tokenizer, "--tokenizer", _CHECKPOINT_FILES, weights=False) if tokenizer else checkpoint_dir
+    for argument, folder in (("--checkpoint", checkpoint_dir), ("--siglip", siglip_dir), ("--dino", dino_dir)):
+        if output.resolve() == folder.resolve():
+            raise ValueError(f"--output {output}: the same folder as {argument}; write the conversion elsewhere")
 
     model = convert_checkpoint(checkpoint_dir, siglip_dir, dino_dir, dtype=DTYPES[dtype])
     text_tokenizer = load_tokenizer(tokenizer_dir, model.config.text_config, "--tokenizer" if tokenizer else "--checkpoint")
@@ -684,6 +697,7 @@ def convert(
             dtype=dtype,
             base_vocab=base_vocab,
             num_suppressed=len(suppressed),
+            with_processor=processor is not None,
             sources={"checkpoint": str(checkpoint), "siglip": str(siglip), "dino": str(dino)},
             output_name=output.name,
         )

@@ -25,37 +25,33 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE_NAME = "longvu_hf"
 
-# The auto classes a converted folder declares, by (module file, class) inside the package.
-MODEL_AUTO_MAP = {
-    "AutoConfig": ("configuration_longvu.py", "LongVUConfig"),
-    "AutoModel": ("modeling/modeling_longvu.py", "LongVUModel"),
-    "AutoModelForImageTextToText": ("modeling/modeling_longvu.py", "LongVUForConditionalGeneration"),
-    "AutoModelForMultimodalLM": ("modeling/modeling_longvu.py", "LongVUForConditionalGeneration"),
-}
+def _source_of(cls) -> tuple[str, str]:
+    """(package-relative file, class name) of one of the package's classes."""
+    return cls.__module__.removeprefix(PACKAGE_NAME + ".").replace(".", "/") + ".py", cls.__name__
 
 
-def _processor_auto_map() -> dict[str, tuple[str, str]]:
-    # The processor's module names belong to the processing package; read them from the classes themselves.
-    from .processing import LongVUProcessor, LongVUVideoProcessor
+def auto_map_sources(with_processor: bool) -> dict[str, tuple[str, str]]:
+    """The auto classes a converted folder declares, each as (package-relative file, class name). Read from the
+    classes themselves, so a file moved inside the package needs no change here."""
+    from .configuration_longvu import LongVUConfig
+    from .modeling import LongVUForConditionalGeneration, LongVUModel
 
-    def where(cls) -> tuple[str, str]:
-        relative = cls.__module__.removeprefix(PACKAGE_NAME + ".").replace(".", "/") + ".py"
-        return relative, cls.__name__
+    entries = {
+        "AutoConfig": _source_of(LongVUConfig),
+        "AutoModel": _source_of(LongVUModel),
+        "AutoModelForImageTextToText": _source_of(LongVUForConditionalGeneration),
+        "AutoModelForMultimodalLM": _source_of(LongVUForConditionalGeneration),
+    }
+    if with_processor:
+        from .processing import LongVUProcessor, LongVUVideoProcessor
 
-    return {"AutoProcessor": where(LongVUProcessor), "AutoVideoProcessor": where(LongVUVideoProcessor)}
+        entries["AutoProcessor"] = _source_of(LongVUProcessor)
+        entries["AutoVideoProcessor"] = _source_of(LongVUVideoProcessor)
+    return entries
 
 
 def _flat_reference(relative_file: str, class_name: str) -> str:
     return f"{Path(relative_file).stem}.{class_name}"
-
-
-def model_auto_map(with_processor: bool) -> dict[str, str]:
-    """`auto_map` for `config.json` (the processor classes too when the folder has a processor: `AutoProcessor`
-    and `AutoVideoProcessor` also look there)."""
-    entries = dict(MODEL_AUTO_MAP)
-    if with_processor:
-        entries.update(_processor_auto_map())
-    return {auto: _flat_reference(*where) for auto, where in entries.items()}
 
 
 class RemoteCodeError(RuntimeError):
@@ -143,30 +139,25 @@ def remote_code_sources(entry_files: list[str]) -> dict[str, str]:
 
 
 def write_remote_code(folder: str | os.PathLike, with_processor: bool = True) -> list[str]:
-    """Write the flat remote-code files into `folder` and add the `auto_map`s to `config.json` and (with a
-    processor) `processor_config.json`. Returns the file names written."""
+    """Write the flat remote-code files into `folder` and add the `auto_map`s to `config.json` (every auto class:
+    `AutoProcessor` and `AutoVideoProcessor` look there too) and, with a processor, `processor_config.json`.
+    Returns the file names written."""
     folder = Path(folder)
-    entries = dict(MODEL_AUTO_MAP)
-    processor_map = _processor_auto_map() if with_processor else {}
-    entries.update(processor_map)
+    entries = auto_map_sources(with_processor)
     sources = remote_code_sources(sorted({where[0] for where in entries.values()}))
     for name, source in sources.items():
         (folder / name).write_text(source, encoding="utf-8")
 
-    _update_json(folder / "config.json", lambda d: d.update(auto_map=model_auto_map(with_processor)))
+    auto_map = {auto: _flat_reference(*where) for auto, where in entries.items()}
+    _update_json(folder / "config.json", lambda data: data.update(auto_map=auto_map))
     if with_processor:
-        processor_ref = _flat_reference(*processor_map["AutoProcessor"])
-        video_ref = _flat_reference(*processor_map["AutoVideoProcessor"])
 
         def add_processor_maps(data: dict):
-            data["auto_map"] = {"AutoProcessor": processor_ref}
-            if isinstance(data.get("video_processor"), dict):
-                data["video_processor"]["auto_map"] = {"AutoVideoProcessor": video_ref}
+            data["auto_map"] = {"AutoProcessor": auto_map["AutoProcessor"]}
+            if isinstance(data.get("video_processor"), dict):  # saved nested in processor_config.json
+                data["video_processor"]["auto_map"] = {"AutoVideoProcessor": auto_map["AutoVideoProcessor"]}
 
         _update_json(folder / "processor_config.json", add_processor_maps)
-        if (folder / "video_preprocessor_config.json").is_file():  # older layout: a separate file
-            _update_json(folder / "video_preprocessor_config.json",
-                         lambda d: d.update(auto_map={"AutoVideoProcessor": video_ref}))
     return list(sources)
 
 
@@ -241,6 +232,7 @@ def render_model_card(
     num_suppressed: int = 0,
     sources: dict[str, str] | None = None,
     output_name: str | None = None,
+    with_processor: bool = True,
 ) -> str:
     """The filled model card (README.md) of a converted folder, from the `model_card.md` template."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -273,7 +265,8 @@ def render_model_card(
         license="apache-2.0",
         language=["en"],
         base_model=base_model,
-        tags=["longvu", "video", "long-video", "multimodal", "video-text-to-text"],
+        tags=["longvu", "multimodal"]
+        + (["video", "long-video", "video-text-to-text"] if checkpoint_kind == "video" else ["image-text-to-text"]),
         model_name=model_name,
         eval_results=eval_results or None,
         base_model_relation="finetune" if base_model else None,
@@ -286,6 +279,7 @@ def render_model_card(
     card = ModelCard.from_template(
         card_data,
         template_path=str(MODEL_CARD_TEMPLATE),
+        model_name=model_name,  # (ModelCardData moves it into model-index when there are results)
         repo_id=repo_id or f"path/to/{output_name or model_name}",
         release=release,
         llm_name=llm_name,
@@ -299,6 +293,7 @@ def render_model_card(
         sources=sources,
         command=command,
         results=results,
+        with_processor=with_processor,
         package_version=__version__,
     )
     return str(card)
