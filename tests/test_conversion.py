@@ -639,7 +639,30 @@ def test_wrong_vision_towers(tmp_path, good_checkpoint, capsys):
     other_patch.save_pretrained(tmp_path / "siglip-224")
     with pytest.raises(ValueError, match="--siglip .*384 px with 14 px patches"):
         conv.convert(good_checkpoint, tmp_path / "siglip-224", DINO_DIR, tmp_path / "out")
+    partial_dino = _copy_checkpoint(DINO_DIR, tmp_path / "dino-partial")
+    weights = load_file(str(partial_dino / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if "layer.1." not in k}, str(partial_dino / "model.safetensors"))
+    with pytest.raises(ValueError, match="--dino .*incomplete checkpoint"):
+        conv.convert(good_checkpoint, SIGLIP_DIR, partial_dino, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_full_siglip_model_layout_gives_the_same_tower(tmp_path, good_checkpoint):
+    """`google/siglip-so400m-patch14-384` is a full `SiglipModel` (text tower, MAP head): only the vision part is kept."""
+    from transformers import SiglipConfig, SiglipModel
+
+    vision = SiglipVisionModel.from_pretrained(SIGLIP_DIR)
+    full = SiglipModel(SiglipConfig(vision_config=vision.config.to_dict(),
+                                    text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                                 "num_attention_heads": 2, "vocab_size": 50}))
+    missing, unexpected = full.vision_model.load_state_dict(vision.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing)
+    full.save_pretrained(tmp_path / "siglip-full")
+    from_full = conv.convert_checkpoint(good_checkpoint, tmp_path / "siglip-full", DINO_DIR)
+    from_vision = conv.convert_checkpoint(good_checkpoint, SIGLIP_DIR, DINO_DIR)
+    tower_full, tower_vision = from_full.model.vision_tower.state_dict(), from_vision.model.vision_tower.state_dict()
+    assert tower_full.keys() == tower_vision.keys() and not any(k.startswith("head.") for k in tower_full)
+    assert all(torch.equal(tower_full[k], tower_vision[k]) for k in tower_full)
 
 
 def test_hub_ids_without_network_name_the_argument(tmp_path, good_checkpoint, monkeypatch):

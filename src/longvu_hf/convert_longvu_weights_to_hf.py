@@ -244,7 +244,8 @@ def config_from_original(original: dict, vision_config, dino_config, **overrides
     query_num = original.get("query_num_list", [original.get("image_token_len", 144)])[0]
     if original.get("image_token_len", query_num) != query_num:
         raise ValueError(
-            f"image_token_len={original.get('image_token_len')} differs from query_num_list={query_num}: unsupported"
+            f"--checkpoint config.json: image_token_len={original.get('image_token_len')} differs from "
+            f"query_num_list={query_num} (they must agree: 144 for video checkpoints, 576 for image checkpoints)"
         )
     token_len = original.get("mm_vision_tower_aux_token_len_list", [576, 576])[0]
     kwargs = {
@@ -273,11 +274,26 @@ def _tower_config_dict(config) -> dict:
     return {k: v for k, v in config.to_dict().items() if k not in drop}
 
 
-def _tower_model_type(path: Path, argument: str) -> str:
+def _tower_config(path: Path, argument: str):
     try:
-        return AutoConfig.from_pretrained(path).model_type
+        return AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"{argument} {path}: cannot read its config.json ({error})") from None
+
+
+def _load_tower(model_class, path: Path, dtype: torch.dtype, argument: str, ignore_missing: str | None = None):
+    """`from_pretrained`, but a tower with missing weights is an error (transformers would initialise them randomly)."""
+    try:
+        tower, info = model_class.from_pretrained(path, dtype=dtype, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{argument} {path}: cannot load its weights ({error})") from None
+    missing = [k for k in info["missing_keys"] if not (ignore_missing and k.startswith(ignore_missing))]
+    if missing or info["mismatched_keys"]:
+        raise ValueError(
+            f"{argument} {path}: incomplete checkpoint ({len(missing)} missing weights, e.g. {sorted(missing)[:3]}; "
+            f"{len(info['mismatched_keys'])} with another shape)"
+        )
+    return tower
 
 
 def load_siglip_vision(
@@ -286,42 +302,36 @@ def load_siglip_vision(
     """The SigLIP vision tower from a `SiglipVisionModel` or a full `SiglipModel` checkpoint (the text tower is
     dropped here, the MAP head when merging). LongVU needs `google/siglip-so400m-patch14-384`'s geometry."""
     path = Path(path)
-    model_type = _tower_model_type(path, argument)
-    if model_type not in ("siglip", "siglip_vision_model"):
+    config = _tower_config(path, argument)
+    if config.model_type not in ("siglip", "siglip_vision_model"):
         raise ValueError(
-            f"{argument} {path}: expected a SigLIP checkpoint ({SIGLIP_HUB_ID}), found model_type={model_type!r}"
+            f"{argument} {path}: expected a SigLIP checkpoint ({SIGLIP_HUB_ID}), found model_type={config.model_type!r}"
         )
-    try:
-        if model_type == "siglip":
-            tower = SiglipModel.from_pretrained(path, dtype=dtype).vision_model
-        else:
-            tower = SiglipVisionModel.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{argument} {path}: cannot load the SigLIP weights ({error})") from None
-    if (tower.config.image_size, tower.config.patch_size) != (384, 14):
+    vision = config.vision_config if config.model_type == "siglip" else config
+    if (vision.image_size, vision.patch_size) != (384, 14):
         raise ValueError(
             f"{argument} {path}: LongVU uses SigLIP at 384 px with 14 px patches ({SIGLIP_HUB_ID}); this checkpoint has "
-            f"image_size={tower.config.image_size}, patch_size={tower.config.patch_size}"
+            f"image_size={vision.image_size}, patch_size={vision.patch_size}"
         )
-    return tower
+    if config.model_type == "siglip":  # the text tower is loaded too, then dropped
+        return _load_tower(SiglipModel, path, dtype, argument, ignore_missing="vision_model.head.").vision_model
+    return _load_tower(SiglipVisionModel, path, dtype, argument, ignore_missing="head.")
 
 
 def load_dinov2(path: str | os.PathLike, dtype: torch.dtype = torch.float32, argument: str = "--dino") -> Dinov2Model:
     """The DINOv2 tower (LongVU uses `facebook/dinov2-giant`, run at 378 px)."""
     path = Path(path)
-    model_type = _tower_model_type(path, argument)
-    if model_type != "dinov2":
-        raise ValueError(f"{argument} {path}: expected a DINOv2 checkpoint ({DINO_HUB_ID}), found model_type={model_type!r}")
-    try:
-        tower = Dinov2Model.from_pretrained(path, dtype=dtype)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise ValueError(f"{argument} {path}: cannot load the DINOv2 weights ({error})") from None
-    if tower.config.patch_size != 14:
+    config = _tower_config(path, argument)
+    if config.model_type != "dinov2":
+        raise ValueError(
+            f"{argument} {path}: expected a DINOv2 checkpoint ({DINO_HUB_ID}), found model_type={config.model_type!r}"
+        )
+    if config.patch_size != 14:
         raise ValueError(
             f"{argument} {path}: LongVU uses DINOv2 with 14 px patches ({DINO_HUB_ID}); this checkpoint has "
-            f"patch_size={tower.config.patch_size}"
+            f"patch_size={config.patch_size}"
         )
-    return tower
+    return _load_tower(Dinov2Model, path, dtype, argument)
 
 
 # -------------------------------------------------------------------------------------------------------------------
