@@ -117,7 +117,7 @@ def make_tiny_tokenizer(
     extra_words: tuple[str, ...] = (),
     video_token: str = "<video>",
     image_token: str = "<image>",
-    padding_side: str = "left",
+    padding_side: str | None = "left",
     num_filler_words: int = 32,
 ):
     """A word-level `PreTrainedTokenizerFast` built offline (HF_CONVENTIONS.md §14).
@@ -125,7 +125,7 @@ def make_tiny_tokenizer(
     Vocabulary: the ChatML and Llama-3 control tokens, the placeholders (special, registered as
     `tokenizer.video_token` / `tokenizer.image_token`), the words of `WORDS` + `extra_words`, and `num_filler_words`
     words "w0", "w1", ... so that random models generate something decodable. `len(tokenizer)` is the vocab size.
-    Pad token `<|endoftext|>`, EOS `<|im_end|>`, no BOS (like Qwen2).
+    Pad token `<|endoftext|>`, EOS `<|im_end|>`, no BOS (like Qwen2). `padding_side=None` leaves it unset.
     """
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders
     from transformers import PreTrainedTokenizerFast
@@ -136,13 +136,14 @@ def make_tiny_tokenizer(
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    options = {} if padding_side is None else {"padding_side": padding_side}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         unk_token="<unk>",
         pad_token="<|endoftext|>",
         eos_token="<|im_end|>",
         extra_special_tokens={"video_token": video_token, "image_token": image_token},
-        padding_side=padding_side,
+        **options,
     )
     # Control tokens are special: decoding with skip_special_tokens drops them.
     tokenizer.add_special_tokens(

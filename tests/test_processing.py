@@ -139,6 +139,9 @@ def test_one_placeholder_per_video(processor, clips):
     out = processor(text=f"<video>\n{QUESTION}", videos=str(clips["long"]), return_tensors="pt")
     assert (out["input_ids"] == processor.video_token_id).sum() == 1
     assert out["video_num_frames"].tolist() == [5]
+    with_metadata = processor(text="<video>", videos=str(clips["long"]), return_metadata=True)
+    assert with_metadata["video_metadata"][0].frames_indices == [0, 30, 60, 90, 120]
+    assert with_metadata["video_metadata"][0].timestamps == pytest.approx([0.0, 1.001, 2.002, 3.003, 4.004])
     assert set(out.keys()) == {
         "input_ids", "attention_mask", "pixel_values_videos", "pixel_values_videos_dino", "video_num_frames",
         "video_sizes",
@@ -152,6 +155,13 @@ def test_one_placeholder_per_video(processor, clips):
 def test_placeholder_count_must_match_videos(processor, clips, text, num_videos):
     with pytest.raises(ValueError, match="video"):
         processor(text=text, videos=[str(clips["short"])] * num_videos)
+
+
+def test_empty_media_lists_mean_none(processor, clips):
+    out = processor(text="<video> what?", videos=[str(clips["short"])], images=[])
+    assert "pixel_values" not in out and out["video_num_frames"].tolist() == [3]
+    out = processor(text=["what?"], images=[[]], videos=[[]])
+    assert set(out.keys()) == {"input_ids", "attention_mask"}
 
 
 def test_placeholder_without_video(processor):
@@ -185,6 +195,21 @@ def test_batch_of_two_videos_of_different_lengths_left_padded(processor, clips):
     # the same frames as one by one
     alone = processor(text=texts[1], videos=str(clips["short"]), return_tensors="pt")
     assert torch.equal(out["pixel_values_videos"][5:], alone["pixel_values_videos"])
+
+
+@pytest.mark.parametrize("padding_side", [None, "right"])
+def test_padding_side(clips, padding_side):
+    processor = LongVUProcessor(make_tiny_tokenizer(padding_side=padding_side))
+    out = processor(text=["<video> a", "<video> a b c"], videos=[str(clips["short"])] * 2, padding=True)
+    first_row = out["attention_mask"][0]
+    if padding_side is None:  # the processor's default: left, for generation
+        assert first_row[0] == 0 and first_row[-1] == 1
+    else:  # a tokenizer configured for the right keeps it
+        assert first_row[0] == 1 and first_row[-1] == 0
+    forced = processor(
+        text=["<video> a", "<video> a b c"], videos=[str(clips["short"])] * 2, padding=True, padding_side="left"
+    )
+    assert forced["attention_mask"][0][0] == 0
 
 
 @pytest.mark.parametrize("key", ["path", "url", "video"])

@@ -102,6 +102,11 @@ def get_chat_template(
     return header + _RENDER_CONTENT_MACRO + bodies[backbone]
 
 
+def _is_empty_list(value: Any) -> bool:
+    """[] / [[]] / [[], []]: lists holding nothing at any depth."""
+    return isinstance(value, (list, tuple)) and all(_is_empty_list(item) for item in value)
+
+
 class LongVUProcessorKwargs(ProcessingKwargs, total=False):
     videos_kwargs: LongVUVideoProcessorKwargs
 
@@ -138,8 +143,8 @@ class LongVUProcessor(ProcessorMixin):
     `processor(text=..., videos=..., images=...)` returns `input_ids`, `attention_mask`, and the video processor's
     outputs (`pixel_values_videos`, `pixel_values_videos_dino`, `video_num_frames`, `video_sizes`; for images
     `pixel_values`, `pixel_values_dino`, `image_sizes`). Sampling options (`fps`, `num_frames`, `max_frames`,
-    `start_time`, `end_time`, ...) are passed along to the video processor. For batched generation, pad on the left
-    (`processor.tokenizer.padding_side = "left"`).
+    `start_time`, `end_time`, ...) are passed along to the video processor. Batches are padded on the left, as
+    generation needs (pass `padding_side="right"`, or a tokenizer created with it, to change that).
 
     The chat templates of both released backbones are available as `LongVUProcessor.QWEN_CHAT_TEMPLATE`,
     `LongVUProcessor.LLAMA3_CHAT_TEMPLATE` and `get_chat_template(backbone, video_token, image_token)`. When no
@@ -165,6 +170,8 @@ class LongVUProcessor(ProcessorMixin):
     LLAMA3_CHAT_TEMPLATE = get_chat_template("llama3")
     get_chat_template = staticmethod(get_chat_template)
     valid_processor_kwargs = LongVUProcessorKwargs
+    # Batches are padded on the left, as generation needs, unless the tokenizer was configured otherwise.
+    text_kwargs = {"padding_side": "left"}
 
     def __init__(
         self,
@@ -204,6 +211,12 @@ class LongVUProcessor(ProcessorMixin):
         missing = [token for token in tokens if token not in special]
         if missing:
             tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        # Callers such as lmms-eval pass `images=[]` next to videos: an empty (or empty nested) list means "none".
+        images = None if _is_empty_list(images) else images
+        videos = None if _is_empty_list(videos) else videos
+        return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     @property
     def image_processor(self) -> _ImagesThroughVideoProcessor:
