@@ -462,7 +462,11 @@ class LongVUVideoProcessor(BaseVideoProcessor):
                     output[slots] = pad_and_resize_torch(frames, fill, side, do_pad=do_pad).to(output.device)
 
     def _maybe_normalize(self, data: dict, keys: Sequence[str], kwargs: dict) -> dict:
-        """Optional float output (the model accepts uint8 and normalises it itself, which is the default)."""
+        """Moves the pixels to `device` if one was given, and optionally makes them float and normalised (by default
+        they stay uint8: the model normalises them itself)."""
+        if kwargs.get("device") is not None:
+            for key in keys:
+                data[key] = data[key].to(kwargs["device"])
         if not (kwargs["do_rescale"] or kwargs["do_normalize"]):
             return data
         stats = [(kwargs["image_mean"], kwargs["image_std"]), (kwargs["dino_image_mean"], kwargs["dino_image_std"])]
