@@ -133,13 +133,9 @@ class ArrayFrameSource(FrameSource):
         self._channels_first = _is_channels_first(video) if getattr(video, "ndim", 0) == 4 else None
         first = to_uint8_hwc(video[0], self._channels_first)
         height, width = first.shape[:2]
-        fields = dict(total_num_frames=num_frames, fps=None, width=width, height=height, video_backend="array")
-        if metadata is not None:
-            # The user's metadata (usually just `fps`) wins over what can be read from the array.
-            fields.update({key: value for key, value in dict(metadata).items() if value is not None})
-        fields["total_num_frames"] = num_frames
-        fields.pop("frames_indices", None)
-        self.metadata = VideoMetadata(**fields)
+        self.metadata = VideoMetadata(
+            total_num_frames=num_frames, width=width, height=height, video_backend="array", **_timing(metadata)
+        )
         if self.metadata.fps and not self.metadata.duration:
             self.metadata.duration = num_frames / float(self.metadata.fps)
 
@@ -151,6 +147,12 @@ class ArrayFrameSource(FrameSource):
         return _batched(pairs, batch_size)
 
 
+def _timing(metadata: VideoMetadata | dict | None) -> dict:
+    """The frame rate (and duration) a user gave for frames that carry none; sizes and counts come from the frames."""
+    given = {} if metadata is None else {key: value for key, value in dict(metadata).items() if value is not None}
+    return {key: given[key] for key in ("fps", "duration") if key in given}
+
+
 def _natural_key(name: str) -> list:
     # "frame2.jpg" sorts before "frame10.jpg".
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
@@ -160,8 +162,6 @@ class ImageSequenceFrameSource(FrameSource):
     """A video stored as image files: a folder (files sorted by name) or an explicit list of paths/URLs."""
 
     def __init__(self, images: str | Sequence[str], name: str, metadata: VideoMetadata | dict | None = None):
-        from PIL import Image
-
         self.name = name
         if isinstance(images, str):
             files = [
@@ -174,21 +174,16 @@ class ImageSequenceFrameSource(FrameSource):
             self._images = list(images)
         if not self._images:
             raise ValueError(f"Frame folder {name} holds no image files ({', '.join(IMAGE_EXTENSIONS)}).")
-        first = self._load(0, Image)
-        fields = dict(
+        first = self._load(0)
+        self.metadata = VideoMetadata(
             total_num_frames=len(self._images),
-            fps=None,
             width=first.shape[1],
             height=first.shape[0],
             video_backend="images",
+            **_timing(metadata),
         )
-        if metadata is not None:
-            fields.update({key: value for key, value in dict(metadata).items() if value is not None})
-        fields["total_num_frames"] = len(self._images)
-        fields.pop("frames_indices", None)
-        self.metadata = VideoMetadata(**fields)
 
-    def _load(self, index: int, Image) -> np.ndarray:
+    def _load(self, index: int) -> np.ndarray:
         from transformers.image_utils import load_image
 
         location = self._images[index]
@@ -202,9 +197,7 @@ class ImageSequenceFrameSource(FrameSource):
             raise ValueError(f"Could not read frame image '{location}' of video {self.name}: {error}") from error
 
     def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
-        from PIL import Image
-
-        pairs = ((slot, self._load(int(index), Image)) for slot, index in enumerate(np.asarray(indices)))
+        pairs = ((slot, self._load(int(index))) for slot, index in enumerate(np.asarray(indices)))
         return _batched(pairs, batch_size)
 
 

@@ -411,7 +411,8 @@ class LongVUVideoProcessor(BaseVideoProcessor):
             )
         sources = []
         for position, (video, video_metadata) in enumerate(zip(batch, metadata)):
-            name = None if isinstance(video, str) else f"#{position} (in-memory frames)"
+            is_location = isinstance(video, str) or (isinstance(video, (list, tuple)) and isinstance(video[0], str))
+            name = None if is_location else f"#{position} (in-memory frames)"
             sources.append(open_frame_source(video, kwargs["video_backend"], video_metadata, name=name))
         return sources
 
