@@ -229,6 +229,10 @@ def write_original_checkpoint(
         (folder / f"{weights}.index.json").write_text(json.dumps(index))
     if tokenizer:
         make_llm_tokenizer(family, TINY_TOKENIZER_SIZE[family]).save_pretrained(folder)
+    if release == "LongVU_Qwen2_7B_img":  # the release ships Qwen2-7B-Instruct's generation_config.json
+        (folder / "generation_config.json").write_text(json.dumps({
+            "bos_token_id": 97, "pad_token_id": 97, "do_sample": True, "eos_token_id": [99, 97],
+            "repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8, "top_k": 20}))
     return state
 
 
@@ -350,6 +354,12 @@ def test_synthetic_release_converts_and_reloads(tmp_path, release):
     end_of_turn = processor.tokenizer.convert_tokens_to_ids("<|im_end|>" if family == "qwen2" else "<|eot_id|>")
     eos = model.generation_config.eos_token_id
     assert end_of_turn in (eos if isinstance(eos, list) else [eos])
+    if release == "LongVU_Qwen2_7B_img":  # greedy-relevant settings of the checkpoint's own generation config kept
+        assert model.generation_config.repetition_penalty == 1.05 and eos == [99, 97]
+        assert model.generation_config.temperature is None  # sampling settings cannot sit next to do_sample=False
+        assert "repetition penalty 1.05" in (output / "README.md").read_text()
+    else:
+        assert model.generation_config.repetition_penalty in (None, 1.0)
     prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What"}]}],
                                            add_generation_prompt=True)
     assert prompt.startswith("<|begin_of_text|><|start_header_id|>system" if family == "llama" else "<|im_start|>system")

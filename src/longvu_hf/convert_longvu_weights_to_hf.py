@@ -552,38 +552,54 @@ def end_of_turn_tokens(config: LongVUConfig) -> tuple[str, ...]:
     return (token,) if token else ()
 
 
+# Settings of a checkpoint's own generation_config.json that change greedy decoding; the official loader applies
+# them (LongVU_Qwen2_7B_img ships Qwen2-7B-Instruct's, with repetition_penalty=1.05). Sampling settings (temperature,
+# top_p, top_k) cannot be stored next to do_sample=False and are left out.
+_GREEDY_GENERATION_KEYS = ("repetition_penalty", "no_repeat_ngram_size", "bos_token_id", "pad_token_id", "eos_token_id")
+
+
 def build_generation_config(
-    config: LongVUConfig, tokenizer=None, base_vocab: int | None = None, stop_tokens: tuple[str, ...] = ()
+    config: LongVUConfig,
+    tokenizer=None,
+    base_vocab: int | None = None,
+    stop_tokens: tuple[str, ...] = (),
+    checkpoint_generation: dict | None = None,
 ) -> GenerationConfig:
     """The authors' decoding (README, REFERENCE.md §1.5): greedy, up to 128 new tokens, stop at the chat template's
-    end-of-turn token. `suppress_tokens` lists the ids the official model cannot produce (ids at or above the
-    tokenizer's original size, which the official loader cuts off, and the placeholders), so greedy decoding over
-    the full embedding matrix picks the same tokens."""
+    end-of-turn token, plus the greedy-relevant settings of the checkpoint's own `generation_config.json`.
+
+    `suppress_tokens` lists the ids the official model cannot produce (ids from the tokenizer's original size on,
+    which the official loader cuts off, and the placeholders), so greedy decoding over the full embedding matrix
+    picks the same tokens.
+    """
     text = config.text_config
-    eos = text.eos_token_id if isinstance(text.eos_token_id, list) else [text.eos_token_id]
-    eos = [i for i in eos if i is not None]
+    carried = {k: v for k, v in (checkpoint_generation or {}).items() if k in _GREEDY_GENERATION_KEYS and v is not None}
+    eos = []
+    for ids in (text.eos_token_id, carried.pop("eos_token_id", None)):
+        eos += [i for i in (ids if isinstance(ids, list) else [ids]) if i is not None and i not in eos]
     if tokenizer is not None:
         for token in stop_tokens:
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is not None and token_id != tokenizer.unk_token_id and token_id not in eos:
                 eos.append(token_id)
-    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    pad = carried.pop("pad_token_id", None)
+    if pad is None and tokenizer is not None:
+        pad = tokenizer.pad_token_id
     if pad is None:
-        pad = text.pad_token_id
-    suppress = []
-    if base_vocab is not None:
-        suppress = list(range(base_vocab, text.vocab_size))
+        pad = text.pad_token_id if text.pad_token_id is not None else (eos[0] if eos else None)
+    suppress = list(range(base_vocab, text.vocab_size)) if base_vocab is not None else []
     for placeholder in (config.video_token_id, config.image_token_id):
         if placeholder is not None and placeholder < text.vocab_size and placeholder not in suppress:
             suppress.append(placeholder)
+    settings = {"bos_token_id": text.bos_token_id, **carried}
     return GenerationConfig(
         do_sample=False,
         max_new_tokens=128,
         use_cache=True,
-        bos_token_id=text.bos_token_id,
         eos_token_id=eos[0] if len(eos) == 1 else eos,
-        pad_token_id=pad if pad is not None else (eos[0] if eos else None),
+        pad_token_id=pad,
         suppress_tokens=sorted(suppress) or None,
+        **settings,
     )
 
 
@@ -682,8 +698,14 @@ def convert(
     processor, base_vocab = (None, None)
     if text_tokenizer is not None:
         processor, base_vocab = build_processor(text_tokenizer, model)
+    checkpoint_generation = None
+    if (checkpoint_dir / "generation_config.json").is_file():
+        try:
+            checkpoint_generation = json.loads((checkpoint_dir / "generation_config.json").read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--checkpoint {checkpoint_dir / 'generation_config.json'}: not valid JSON ({error})") from None
     model.generation_config = build_generation_config(
-        model.config, text_tokenizer, base_vocab, stop_tokens=end_of_turn_tokens(model.config)
+        model.config, text_tokenizer, base_vocab, end_of_turn_tokens(model.config), checkpoint_generation
     )
 
     release = _infer_release(str(checkpoint))
@@ -708,6 +730,7 @@ def convert(
             base_vocab=base_vocab,
             num_suppressed=len(suppressed),
             with_processor=processor is not None,
+            repetition_penalty=model.generation_config.repetition_penalty,
             sources={"checkpoint": str(checkpoint), "siglip": str(siglip), "dino": str(dino)},
             output_name=output.name,
         )

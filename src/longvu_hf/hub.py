@@ -233,6 +233,7 @@ def render_model_card(
     sources: dict[str, str] | None = None,
     output_name: str | None = None,
     with_processor: bool = True,
+    repetition_penalty: float | None = None,
 ) -> str:
     """The filled model card (README.md) of a converted folder, from the `model_card.md` template."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -294,6 +295,7 @@ def render_model_card(
         command=command,
         results=results,
         with_processor=with_processor,
+        repetition_penalty=repetition_penalty,
         package_version=__version__,
     )
     return str(card)
