@@ -469,20 +469,23 @@ def run_model(
             answer = streamer.answer
         else:
             with encoding_progress(model, num_frames, quiet):
-                features = model.get_video_features(**pixel_inputs, **text_inputs)
+                # Towers and compression only (no LLM); the prompt sets the budget.
+                features = model.get_video_features(
+                    pixel_inputs["pixel_values_videos"], pixel_inputs["pixel_values_videos_dino"],
+                    pixel_inputs["video_num_frames"], pixel_inputs["video_sizes"],
+                    text_inputs["input_ids"], text_inputs["attention_mask"],
+                )
             compression = features.compression[0]
     return compression, answer, budget
 
 
-def print_summary(report_or_compression: dict, quiet: bool) -> None:
+def print_summary(compression: dict, quiet: bool, fps: float | None = None, budget: dict | None = None) -> None:
+    """The compression report in a few lines on stderr (the answer alone goes to stdout)."""
     if quiet:
         return
     from .report import summary_lines
 
-    report = report_or_compression
-    if "compression" not in report:
-        report = {"compression": report, "sampling": {}, "budget": {}}
-    for line in summary_lines(report):
+    for line in summary_lines({"compression": compression, "sampling": {"fps": fps}, "budget": budget or {}}):
         print(f"longvu: {line}", file=sys.stderr)
 
 
@@ -527,8 +530,8 @@ def cmd_ask(args) -> int:
     video = check_video(args.video)
     model, processor, _ = _load_for(args)
     inputs, _ = prepare_inputs(processor, video, args.question, args.fps, args.max_frames, args.quiet)
-    compression, _, _ = run_model(model, processor, inputs, args, args.quiet)
-    print_summary(compression, args.quiet)
+    compression, _, budget = run_model(model, processor, inputs, args, args.quiet)
+    print_summary(compression, args.quiet, args.fps, budget)
     return EXIT_OK
 
 
@@ -548,7 +551,7 @@ def _write_report(
     size = tuple(int(v) for v in inputs["video_sizes"][0])
     frames = inputs["pixel_values_videos"][: int(inputs["video_num_frames"][0])]
     save_report(report, args.out_path, json_path=args.json_path, frames=frames, video_size=size)
-    print_summary(report, args.quiet)
+    print_summary(compression, args.quiet, args.fps, budget)
     for path in (args.out_path, args.json_path):
         if path is not None and not args.quiet:
             print(f"longvu: wrote {path}", file=sys.stderr)
@@ -683,8 +686,8 @@ def cmd_demo(args) -> int:
             print("answer (random weights): ", end="", flush=True)
         if args.out_path is None and args.json_path is None:
             inputs, _ = prepare_inputs(processor, video, args.question, args.fps, args.max_frames, args.quiet)
-            compression, _, _ = run_model(model, processor, inputs, args, args.quiet)
-            print_summary(compression, args.quiet)
+            compression, _, budget = run_model(model, processor, inputs, args, args.quiet)
+            print_summary(compression, args.quiet, args.fps, budget)
         else:
             _write_report(args, video, "tiny-random-longvu (random weights)", model, processor, random_weights=True,
                           video_label="generated demo clip (90 s of coloured scenes)")

@@ -1,0 +1,332 @@
+"""The `longvu` command: ask, report (PNG/HTML + JSON equal to the model's own compression report), demo, bad input.
+
+A tiny random model folder (tiny model + processor with the tiny tokenizer) is saved once per module; the main paths
+run as real subprocesses (`python -m longvu_hf.cli`), the many bad-input cases in-process through `main(argv)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from longvu_hf import LongVUProcessor, LongVUVideoProcessor
+from longvu_hf import cli
+from longvu_hf.report import build_report, frame_table
+
+from conftest import make_tiny_tokenizer
+from tiny_model import make_tiny_model
+
+QUESTION = "What is happening in this video ?"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def video(workdir):
+    # 6 s at 8 fps of static scenes with a moving square (the demo's generator): 6 frames at the default 1 fps, 48 at
+    # --fps 8, with near-duplicates for DINO selection to drop.
+    return cli.write_demo_clip(workdir / "clip.mp4", seconds=6, fps=8, width=64, height=36)
+
+
+@pytest.fixture(scope="module")
+def model_dir(workdir):
+    tokenizer = make_tiny_tokenizer()
+    folder = workdir / "tiny-longvu"
+    make_tiny_model(tokenizer).save_pretrained(folder)
+    LongVUProcessor(tokenizer, LongVUVideoProcessor()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    """The same folder loaded the way the command loads it."""
+    model, processor = cli.load_model_and_processor(model_dir, str(model_dir), "cpu", "auto", quiet=True)
+    return model, processor
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(SRC), **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "longvu_hf.cli", *map(str, args)],
+        capture_output=True, text=True, env=environment, timeout=300,
+    )
+
+
+def model_inputs(processor, video, fps):
+    inputs, times = cli.prepare_inputs(processor, Path(video), QUESTION, fps, None, quiet=True)
+    return inputs, times
+
+
+def expected_compression(
+    model, processor, video, fps, max_context_length=None, max_visual_tokens=None, generate=False
+):
+    """The model's own report (`forward`'s `compression`, or `last_compression` after `generate`) under the same
+    per-call budget as the command."""
+    inputs, _ = model_inputs(processor, video, fps)
+    prompt_tokens = int(inputs["attention_mask"].sum()) - 1
+    budget = cli.effective_budget(model.config, prompt_tokens, max_context_length, None, max_visual_tokens)
+    with torch.no_grad(), cli.token_budget(model, budget["max_context_length"], budget["context_margin"]):
+        if generate:
+            model.generate(**inputs, max_new_tokens=3, do_sample=False)
+            return model.last_compression["video"][0]
+        return model(**inputs).compression[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# ask
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_ask_streams_the_greedy_answer(model_dir, video, loaded):
+    done = run_cli("ask", video, QUESTION, "--model", model_dir, "--max-new-tokens", "5", "--fps", "2")
+    assert done.returncode == 0, done.stderr
+    model, processor = loaded
+    inputs, _ = model_inputs(processor, video, 2.0)
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    expected = processor.post_process_image_text_to_text(generated, prompt_input_ids=inputs["input_ids"])[0]
+    assert done.stdout.strip() == expected.strip()
+    assert expected.strip(), "the tiny model should say something"
+    # the summary on stderr comes from the model's report
+    report = model.last_compression["video"][0]
+    assert f"{report['num_input_frames']} sampled frames (2 fps)" in done.stderr
+    assert f"{report['num_visual_tokens']} visual tokens for a budget of {report['budget']}" in done.stderr
+
+
+def test_ask_quiet_prints_only_the_answer(model_dir, video, capsys):
+    assert cli.main(["ask", str(video), QUESTION, "--model", str(model_dir), "--max-new-tokens", "3", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert captured.out.strip()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_report_png_and_json_equal_the_model_report(model_dir, video, loaded, workdir):
+    out, js = workdir / "report.png", workdir / "report.json"
+    done = run_cli(
+        "report", video, QUESTION, "--model", model_dir, "--out", out, "--json", js, "--fps", "8",
+        "--max-context-length", "400", "--max-new-tokens", "0",
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(js.read_text())
+    model, processor = loaded
+    expected = expected_compression(model, processor, video, 8.0, max_context_length=400)
+    assert report["compression"] == expected
+    # this setting exercises frame selection and token compression, not the trivial path
+    assert expected["frame_selection_ran"] and expected["path"] in ("mix", "stc")
+    assert len(expected["kept_frame_indices"]) < expected["num_input_frames"] == 48
+    frames = report["frames"]
+    assert [f["index"] for f in frames if f["kept"]] == expected["kept_frame_indices"]
+    assert sum(f["tokens"] for f in frames) == expected["num_visual_tokens"] == report["budget"]["visual_tokens"]
+    assert report["budget"]["max_context_length"] == 400 and report["answer"] is None
+    assert report["random_weights"] is False
+    assert frames[8]["time_s"] == pytest.approx(1.0)  # frame 8 of 8-fps sampling
+    image = Image.open(out)
+    assert image.format == "PNG" and image.width == 1280 and image.height > 500
+    # nothing else was left next to the outputs
+    assert not [p for p in workdir.iterdir() if p.name.endswith(".part")]
+
+
+def test_report_html_with_answer_and_visual_token_cap(model_dir, video, loaded, workdir):
+    out, js = workdir / "capped.html", workdir / "capped.json"
+    argv = ["report", str(video), QUESTION, "--model", str(model_dir), "--out", str(out), "--json", str(js),
+            "--fps", "8", "--max-visual-tokens", "300", "--max-new-tokens", "3", "-q"]
+    assert cli.main(argv) == 0
+    report = json.loads(js.read_text())
+    model, processor = loaded
+    # the answer path (generate) reports what model.last_compression holds for the same call
+    assert report["compression"] == expected_compression(model, processor, video, 8.0, max_visual_tokens=300,
+                                                         generate=True)
+    assert report["compression"]["budget"] == 300 >= report["compression"]["num_visual_tokens"]
+    assert report["budget"]["max_visual_tokens"] == 300 and report["answer"] is not None
+    assert model.config.max_context_length == 1024, "the per-call budget must not stick to the model"
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page and QUESTION in page
+
+
+def test_report_refuses_to_overwrite(model_dir, video, workdir):
+    existing = workdir / "keep.png"
+    existing.write_bytes(b"user data")
+    argv = ["report", str(video), QUESTION, "--model", str(model_dir), "--out", str(existing)]
+    assert cli.main(argv) == 2
+    assert existing.read_bytes() == b"user data"
+
+
+def test_interrupted_report_leaves_no_file(model_dir, video, tmp_path, monkeypatch, capsys):
+    import longvu_hf.report as report_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module.os, "replace", interrupt)
+    argv = ["report", str(video), QUESTION, "--model", str(model_dir), "--out", str(tmp_path / "r.png"),
+            "--json", str(tmp_path / "r.json"), "--max-new-tokens", "0", "-q"]
+    assert cli.main(argv) == cli.EXIT_INTERRUPTED
+    assert list(tmp_path.iterdir()) == []
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_frame_table_is_a_relayout_of_the_report():
+    compression = {"num_input_frames": 5, "kept_frame_indices": [1, 3, 4], "high_res_frame_indices": [3],
+                   "tokens_per_frame": [40, 84, 0], "path": "mix", "num_visual_tokens": 124, "budget": 130}
+    rows = frame_table(compression, [0.0, 0.5, 1.0, 1.5, 2.0])
+    assert [(r["kept"], r["high_res"], r["tokens"]) for r in rows] == [
+        (False, False, 0), (True, False, 40), (False, False, 0), (True, True, 84), (True, False, 0)]
+    with pytest.raises(ValueError, match="tokens_per_frame"):
+        frame_table(dict(compression, tokens_per_frame=[1]))
+    report = build_report(compression, video="v.mp4", question="q", model_name="m", fps=2.0)
+    assert report["compression"] is compression and report["frames"][3]["time_s"] == 1.5
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# demo
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_demo_runs_offline(tmp_path):
+    out, js = tmp_path / "demo.png", tmp_path / "demo.json"
+    done = run_cli("demo", "--out", out, "--json", js, "--max-new-tokens", "3")
+    assert done.returncode == 0, done.stderr
+    assert "RANDOM WEIGHTS" in done.stderr and "answer (random weights)" in done.stdout
+    report = json.loads(js.read_text())
+    assert report["random_weights"] is True
+    compression = report["compression"]
+    # the demo's clip and budget go through DINO selection and query-based mixing
+    assert compression["frame_selection_ran"] and compression["path"] == "mix"
+    assert 0 < len(compression["high_res_frame_indices"]) < len(compression["kept_frame_indices"])
+    assert Image.open(out).format == "PNG"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# token budget
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_effective_budget_and_per_call_override(loaded):
+    model, _ = loaded
+    config = model.config
+    budget = cli.effective_budget(config, prompt_tokens=30)
+    assert budget["max_context_length"] == 1024 and budget["visual_budget"] == 1024 - 30 - 16
+    capped = cli.effective_budget(config, 30, max_visual_tokens=100)
+    assert capped["max_context_length"] == 30 + 16 + 100 and capped["visual_budget"] == 100
+    # a cap above what the context leaves changes nothing
+    assert cli.effective_budget(config, 30, max_visual_tokens=10_000)["max_context_length"] == 1024
+    with pytest.raises(cli.CLIError, match="at least 47"):
+        cli.effective_budget(config, 30, max_context_length=46)
+    with pytest.raises(cli.CLIError, match="--max-visual-tokens 0"):
+        cli.effective_budget(config, 30, max_visual_tokens=0)
+    with pytest.raises(RuntimeError):
+        with cli.token_budget(model, 200, 4):
+            assert (config.max_context_length, config.context_margin) == (200, 4)
+            raise RuntimeError
+    assert (config.max_context_length, config.context_margin) == (1024, 16)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# bad input: one line with the fix, exit status 2
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_unknown_video_in_a_subprocess(model_dir, tmp_path):
+    done = run_cli("ask", tmp_path / "missing.mp4", QUESTION, "--model", model_dir)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"longvu ask: error: video {tmp_path / 'missing.mp4'}: no such file; "
+                                                "check the path"]
+    assert done.stdout == ""
+
+
+def _official_format(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "cambrian_qwen"}))
+    return folder
+
+
+def _other_model(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    return folder
+
+
+def _no_weights(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "longvu"}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "make_model, expected",
+    [
+        (lambda tmp: str(tmp / "nowhere"), "no such folder"),
+        (lambda tmp: str(tmp), "no config.json"),
+        (lambda tmp: str(_official_format(tmp / "LongVU_Qwen2_7B")), "convert it first: longvu convert --checkpoint"),
+        (lambda tmp: str(_other_model(tmp / "bert")), "model_type='bert', not a LongVU checkpoint"),
+        (lambda tmp: str(_no_weights(tmp / "empty")), "no weights"),
+        (lambda tmp: "someone/not-cached", "not downloadable from the Hugging Face Hub"),
+        (lambda tmp: "Vision-CAIR/LongVU_Qwen2_7B", "not converted yet and HF_HUB_OFFLINE is set"),
+    ],
+    ids=["missing-folder", "not-a-model-folder", "official-unconverted", "other-model", "no-weights", "hub-offline",
+         "official-offline"],
+)
+def test_bad_model(make_model, expected, video, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf_home"))
+    assert cli.main(["ask", str(video), QUESTION, "--model", make_model(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--max-context-length", "20"], "leaves no room for the video"),
+        (["--max-visual-tokens", "0"], "must be at least 1"),
+        (["--context-margin", "-1"], "must be 0 or more"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+    ],
+    ids=["budget-smaller-than-prompt", "no-visual-tokens", "negative-margin", "bad-device"],
+)
+def test_bad_budget_or_device(extra, expected, model_dir, video, capsys):
+    assert cli.main(["ask", str(video), QUESTION, "--model", str(model_dir), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
+def test_bad_video_file_and_outputs(model_dir, tmp_path, video, capsys):
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("not a video")
+    assert cli.main(["ask", str(not_a_video), QUESTION, "--model", str(model_dir)]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    for out, expected in ((tmp_path / "r.jpg", "must end with .png or .html"),
+                          (tmp_path / "missing" / "r.png", "does not exist")):
+        assert cli.main(["report", str(video), QUESTION, "--model", str(model_dir), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    # usage errors from argparse also exit with 2
+    assert cli.main(["report", str(video), QUESTION]) == 2
+    assert "--out" in capsys.readouterr().err
+
+
+def test_convert_forwards_to_the_converter(tmp_path, capsys):
+    # the converter's own validation answers (exit status 2, its one-line message)
+    status = cli.main(["convert", "--checkpoint", str(tmp_path / "nope"), "--siglip", str(tmp_path),
+                       "--dino", str(tmp_path), "--output", str(tmp_path / "out")])
+    assert status == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
