@@ -656,6 +656,35 @@ def _move_into(staging: Path, output: Path) -> None:
     staging.rmdir()
 
 
+def _read_json(path: Path, argument: str) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{argument} {path}: not valid JSON ({error})") from None
+
+
+def write_converted_folder(
+    folder: Path, model: LongVUForConditionalGeneration, processor, max_shard_size: str, card: dict
+) -> None:
+    """Weights and configs (`save_pretrained`), tokenizer and processor, remote code with `auto_map`s, model card."""
+    from . import hub
+
+    model.save_pretrained(folder, max_shard_size=max_shard_size)
+    if processor is not None:
+        processor.save_pretrained(folder)
+    hub.write_remote_code(folder, with_processor=processor is not None)
+    hub.write_model_card(
+        folder,
+        model.config,
+        num_suppressed=len(model.generation_config.suppress_tokens or []),
+        with_processor=processor is not None,
+        repetition_penalty=model.generation_config.repetition_penalty,
+        **card,
+    )
+
+
 def convert(
     checkpoint: str | os.PathLike,
     siglip: str | os.PathLike,
@@ -698,42 +727,32 @@ def convert(
     processor, base_vocab = (None, None)
     if text_tokenizer is not None:
         processor, base_vocab = build_processor(text_tokenizer, model)
-    checkpoint_generation = None
-    if (checkpoint_dir / "generation_config.json").is_file():
-        try:
-            checkpoint_generation = json.loads((checkpoint_dir / "generation_config.json").read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"--checkpoint {checkpoint_dir / 'generation_config.json'}: not valid JSON ({error})") from None
     model.generation_config = build_generation_config(
-        model.config, text_tokenizer, base_vocab, end_of_turn_tokens(model.config), checkpoint_generation
+        model.config,
+        text_tokenizer,
+        base_vocab,
+        end_of_turn_tokens(model.config),
+        _read_json(checkpoint_dir / "generation_config.json", "--checkpoint"),
     )
 
     release = _infer_release(str(checkpoint))
     if base_model is None and release is not None:
         base_model = f"Vision-CAIR/{release}"
+    card = {
+        "model_name": push_to_hub.split("/")[-1] if push_to_hub else output.name,
+        "repo_id": push_to_hub,
+        "release": release,
+        "base_model": base_model,
+        "dtype": dtype,
+        "base_vocab": base_vocab,
+        "sources": {"checkpoint": str(checkpoint), "siglip": str(siglip), "dino": str(dino)},
+        "output_name": output.name,
+    }
+    # Everything is written to a staging folder next to the output first: a failure leaves no half-written folder.
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".longvu-convert-", dir=output.parent))
     try:
-        model.save_pretrained(staging, max_shard_size=max_shard_size)
-        if processor is not None:
-            processor.save_pretrained(staging)
-        hub.write_remote_code(staging, with_processor=processor is not None)
-        suppressed = model.generation_config.suppress_tokens or []
-        hub.write_model_card(
-            staging,
-            model.config,
-            model_name=push_to_hub.split("/")[-1] if push_to_hub else output.name,
-            repo_id=push_to_hub,
-            release=release,
-            base_model=base_model,
-            dtype=dtype,
-            base_vocab=base_vocab,
-            num_suppressed=len(suppressed),
-            with_processor=processor is not None,
-            repetition_penalty=model.generation_config.repetition_penalty,
-            sources={"checkpoint": str(checkpoint), "siglip": str(siglip), "dino": str(dino)},
-            output_name=output.name,
-        )
+        write_converted_folder(staging, model, processor, max_shard_size, card)
         _move_into(staging, output)
     finally:
         if staging.exists():
@@ -743,10 +762,11 @@ def convert(
     return output
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point (also used by `longvu convert`); `argv` excludes the program name."""
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    """Command-line entry point (also used by `longvu convert`, which passes `prog="longvu convert"`); `argv`
+    excludes the program name. Bad input exits with status 2 and a one-line message naming the argument."""
     parser = argparse.ArgumentParser(
-        prog="python -m longvu_hf.convert_longvu_weights_to_hf",
+        prog=prog or "python -m longvu_hf.convert_longvu_weights_to_hf",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
