@@ -774,6 +774,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
     def generate(self, inputs: torch.Tensor | None = None, **kwargs: Any):
         """Encode the videos/images once, expand their placeholders, then run the standard `generate`.
 
+        The returned sequences start with the prompt as given (one placeholder per video/image), then the new tokens.
         Accepts the processor's outputs as they are (`input_ids`, `attention_mask`, `pixel_values_videos`,
         `pixel_values_videos_dino`, `video_num_frames`, `video_sizes`, or the image equivalents). The compression
         reports of the last call are kept in `self.last_compression`.
@@ -791,7 +792,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
             attention_mask = torch.ones_like(input_ids)
         encoded = self.model.encode_visual_inputs(input_ids, attention_mask, **visual)
         video, image = encoded.get("video"), encoded.get("image")
-        input_ids, attention_mask, _ = self.model.expand_placeholders(
+        expanded_ids, attention_mask, _ = self.model.expand_placeholders(
             input_ids,
             attention_mask,
             None,
@@ -799,7 +800,16 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
             [len(f) for f in image.pooler_output] if image is not None else [],
         )
         self.last_compression = {"video": video.compression if video else None, "image": image.compression if image else None}
-        return super().generate(input_ids, attention_mask=attention_mask, mm_encoder_outputs=encoded, **kwargs)
+        output = super().generate(expanded_ids, attention_mask=attention_mask, mm_encoder_outputs=encoded, **kwargs)
+        # Return the caller's prompt (one placeholder per item) followed by the new tokens, so that the usual
+        # `output[:, input_ids.shape[1]:]` slices off exactly the prompt.
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        prompt = input_ids.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
+        sequences = torch.cat([prompt.to(sequences.device), sequences[:, expanded_ids.shape[1] :]], dim=1)
+        if isinstance(output, torch.Tensor):
+            return sequences
+        output.sequences = sequences
+        return output
 
 
 __all__ = ["LongVUForConditionalGeneration", "LongVUModel", "LongVUPreTrainedModel"]
