@@ -63,8 +63,10 @@ FULL_LLMS = {
         "rope_theta": 1000000.0, "rope_scaling": None, "rms_norm_eps": 1e-6, "bos_token_id": 151643,
         "eos_token_id": 151645, "tie_word_embeddings": False, "sliding_window": None, "use_sliding_window": False,
     },
-    "llama_3b": {**_LLAMA_COMMON, "hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 24, "head_dim": 128},
-    "llama_1b": {**_LLAMA_COMMON, "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "head_dim": 64},
+    "llama_3b": {**_LLAMA_COMMON, "hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 24,
+                 "head_dim": 128},
+    "llama_1b": {**_LLAMA_COMMON, "hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
+                 "head_dim": 64},
 }
 TINY_LLM = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "vocab_size": 128}
@@ -138,7 +140,8 @@ def original_key_shapes(config: dict, siglip_width: int, dino_width: int) -> dic
         p = f"model.mm_projector_aux_{j}."
         shapes.update({p + "0.weight": (width, tower_width), p + "0.bias": (width,), p + "2.weight": (width, width),
                        p + "2.bias": (width,), p + "3.weight": (width,), p + "3.bias": (width,)})
-    window = (math.isqrt(config["mm_vision_tower_aux_token_len_list"][0]) // math.isqrt(config["query_num_list"][0])) ** 2
+    grid = math.isqrt(config["mm_vision_tower_aux_token_len_list"][0])
+    window = (grid // math.isqrt(config["query_num_list"][0])) ** 2
     for i in range(config["connector_depth"]):
         p = f"model.vision_sampler_0.layers.{i}."
         if window > 1:  # window position embeddings exist only in the 144-query (video) checkpoints
@@ -147,7 +150,8 @@ def original_key_shapes(config: dict, siglip_width: int, dino_width: int) -> dic
                        p + "proj_out.linear_1.weight": (width, width), p + "proj_out.linear_2.weight": (width, width),
                        p + "norm.weight": (width,), p + "norm.bias": (width,),
                        p + "cross_attn.q_proj.0.weight": (width,), p + "cross_attn.q_proj.0.bias": (width,),
-                       p + "cross_attn.q_proj.1.weight": (width, width), p + "cross_attn.o_proj.weight": (width, width)})
+                       p + "cross_attn.q_proj.1.weight": (width, width),
+                       p + "cross_attn.o_proj.weight": (width, width)})
         for kind in "kv":
             for e in (0, 1):
                 q = f"{p}cross_attn.{kind}_proj_{e}."
@@ -271,7 +275,8 @@ def test_full_size_release_keys_map_onto_the_model(release):
     # The generator reproduces the counts REFERENCE.md §8.3 enumerated from the official classes.
     if release in REFERENCE_KEY_COUNTS:
         assert len(shapes) == REFERENCE_KEY_COUNTS[release]
-        non_llm = sum(math.prod(s) for k, s in shapes.items() if not re.match(r"model\.(embed_tokens|layers|norm)\.|lm_head", k))
+        llm_key = re.compile(r"model\.(embed_tokens|layers|norm)\.|lm_head")
+        non_llm = sum(math.prod(shape) for key, shape in shapes.items() if not llm_key.match(key))
         assert non_llm == REFERENCE_NON_LLM_PARAMETERS[release]
 
     siglip = SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
@@ -360,9 +365,10 @@ def test_synthetic_release_converts_and_reloads(tmp_path, release):
         assert "repetition penalty 1.05" in (output / "README.md").read_text()
     else:
         assert model.generation_config.repetition_penalty in (None, 1.0)
-    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What"}]}],
-                                           add_generation_prompt=True)
-    assert prompt.startswith("<|begin_of_text|><|start_header_id|>system" if family == "llama" else "<|im_start|>system")
+    message = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What"}]}
+    prompt = processor.apply_chat_template([message], add_generation_prompt=True)
+    expected_start = "<|begin_of_text|><|start_header_id|>system" if family == "llama" else "<|im_start|>system"
+    assert prompt.startswith(expected_start)
     assert "<video>\nWhat" in prompt
 
     card = ModelCard.load(output / "README.md")
@@ -463,8 +469,8 @@ REMOTE_CODE_SCRIPT = textwrap.dedent("""
                        pixel_values_videos_dino=inputs["dino_pixel_values_u8"],
                        video_num_frames=torch.tensor([inputs["frames_uint8"].shape[0]]),
                        video_sizes=torch.tensor([[height, width]])).logits
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What"}]}], add_generation_prompt=True)
+    message = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What"}]}
+    prompt = processor.apply_chat_template([message], add_generation_prompt=True)
     print(json.dumps({
         "classes": [type(model).__module__, type(processor).__module__, type(processor.video_processor).__module__],
         "max_abs_diff": (logits - expected["logits"]).abs().max().item(),
@@ -522,7 +528,8 @@ def test_model_card_quick_start_runs(tmp_path, release, converted_qwen, make_vid
     card = ModelCard.load(folder / "README.md").text
     code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
     code = code.replace(f'"path/to/{folder.name}"', repr(str(folder)))
-    code = re.sub(r'"(video\.mp4|image\.jpg)"', repr(str(media)), code).replace("max_new_tokens=128", "max_new_tokens=4")
+    code = re.sub(r'"(video\.mp4|image\.jpg)"', repr(str(media)), code)
+    code = code.replace("max_new_tokens=128", "max_new_tokens=4")
     assert str(folder) in code and str(media) in code
     printed = []
     exec(compile(code, "model_card_quick_start", "exec"), {"print": printed.append})
@@ -618,7 +625,7 @@ def test_unmapped_and_mis_shaped_keys(tmp_path, good_checkpoint):
     config = json.loads((shape / "config.json").read_text())
     config["intermediate_size"] += 8
     (shape / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="--checkpoint.*another shape.*mlp.gate_proj.weight: \\(96, 64\\) in the files"):
+    with pytest.raises(ValueError, match=r"--checkpoint.*another shape.*mlp.gate_proj.weight: \(96, 64\) in the files"):
         conv.convert(shape, SIGLIP_DIR, DINO_DIR, tmp_path / "out")
 
 
@@ -658,7 +665,8 @@ def test_wrong_vision_towers(tmp_path, good_checkpoint, capsys):
 
 
 def test_full_siglip_model_layout_gives_the_same_tower(tmp_path, good_checkpoint):
-    """`google/siglip-so400m-patch14-384` is a full `SiglipModel` (text tower, MAP head): only the vision part is kept."""
+    """`google/siglip-so400m-patch14-384` is a full `SiglipModel` (text tower, MAP head): only its vision part
+    is kept."""
     from transformers import SiglipConfig, SiglipModel
 
     vision = SiglipVisionModel.from_pretrained(SIGLIP_DIR)

@@ -78,7 +78,8 @@ _MULTIMODAL_KEYS = {
     "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype", "model_type", "auto_map",
 }
 
-# (original regex, native replacement), applied in order to the keys of the official checkpoint (REFERENCE.md §8.3-8.4).
+# (original regex, native replacement), tried in order on each key of the official checkpoint (REFERENCE.md §8.3-8.4).
+_SVA_LAYER, _AGGREGATOR_LAYER = r"^model\.vision_sampler_0\.layers\.(\d+)\.", r"model.vision_aggregator.layers.\1."
 KEY_RENAMES: list[tuple[str, str]] = [
     (r"^model\.(embed_tokens|layers|norm)\.", r"model.language_model.\1."),
     (r"^model\.mm_projector\.0\.", "model.multi_modal_projector.linear_1."),
@@ -88,12 +89,12 @@ KEY_RENAMES: list[tuple[str, str]] = [
     (r"^model\.mm_projector_aux_(\d+)\.3\.", r"model.vision_aggregator.encoder_projections.\1.layer_norm."),
     (r"^model\.vision_query$", "model.vision_aggregator.query"),
     (r"^model\.image_newline$", "model.image_newline"),
-    (r"^model\.vision_sampler_0\.layers\.(\d+)\.pos_embed_(\d+)$", r"model.vision_aggregator.layers.\1.pos_embeds.\2"),
-    (r"^model\.vision_sampler_0\.layers\.(\d+)\.cross_attn\.q_proj\.0\.", r"model.vision_aggregator.layers.\1.cross_attn.q_norm."),
-    (r"^model\.vision_sampler_0\.layers\.(\d+)\.cross_attn\.q_proj\.1\.", r"model.vision_aggregator.layers.\1.cross_attn.q_proj."),
-    (r"^model\.vision_sampler_0\.layers\.(\d+)\.cross_attn\.([kv])_proj_(\d+)\.0\.", r"model.vision_aggregator.layers.\1.cross_attn.\2_norms.\3."),
-    (r"^model\.vision_sampler_0\.layers\.(\d+)\.cross_attn\.([kv])_proj_(\d+)\.1\.", r"model.vision_aggregator.layers.\1.cross_attn.\2_projs.\3."),
-    (r"^model\.vision_sampler_0\.layers\.(\d+)\.(proj_context|proj_in|proj_out|norm|cross_attn\.o_proj)\.", r"model.vision_aggregator.layers.\1.\2."),
+    (_SVA_LAYER + r"pos_embed_(\d+)$", _AGGREGATOR_LAYER + r"pos_embeds.\2"),
+    (_SVA_LAYER + r"cross_attn\.q_proj\.0\.", _AGGREGATOR_LAYER + "cross_attn.q_norm."),
+    (_SVA_LAYER + r"cross_attn\.q_proj\.1\.", _AGGREGATOR_LAYER + "cross_attn.q_proj."),
+    (_SVA_LAYER + r"cross_attn\.([kv])_proj_(\d+)\.0\.", _AGGREGATOR_LAYER + r"cross_attn.\2_norms.\3."),
+    (_SVA_LAYER + r"cross_attn\.([kv])_proj_(\d+)\.1\.", _AGGREGATOR_LAYER + r"cross_attn.\2_projs.\3."),
+    (_SVA_LAYER + r"(proj_context|proj_in|proj_out|norm|cross_attn\.o_proj)\.", _AGGREGATOR_LAYER + r"\2."),
     (r"^lm_head\.weight$", "lm_head.weight"),
 ]
 
@@ -310,8 +311,8 @@ def load_siglip_vision(
     vision = config.vision_config if config.model_type == "siglip" else config
     if (vision.image_size, vision.patch_size) != (384, 14):
         raise ValueError(
-            f"{argument} {path}: LongVU uses SigLIP at 384 px with 14 px patches ({SIGLIP_HUB_ID}); this checkpoint has "
-            f"image_size={vision.image_size}, patch_size={vision.patch_size}"
+            f"{argument} {path}: LongVU uses SigLIP at 384 px with 14 px patches ({SIGLIP_HUB_ID}); this checkpoint "
+            f"has image_size={vision.image_size}, patch_size={vision.patch_size}"
         )
     if config.model_type == "siglip":  # the text tower is loaded too, then dropped
         return _load_tower(SiglipModel, path, dtype, argument, ignore_missing="vision_model.head.").vision_model
@@ -382,7 +383,8 @@ def check_state_dict(
     if unexpected:
         lines.append(f"{len(unexpected)} unexpected, e.g. {unexpected[:5]}")
     if mismatched:
-        details = ", ".join(f"{k}: {provided[k]} in the files vs {expected[k]} from config.json" for k in mismatched[:5])
+        details = ", ".join(f"{k}: {provided[k]} in the files vs {expected[k]} from config.json"
+                            for k in mismatched[:5])
         lines.append(f"{len(mismatched)} with another shape ({details})")
     hint = ""
     if any(".pos_embeds." in k for k in unexpected):
@@ -717,13 +719,16 @@ def convert(
     checkpoint_dir = resolve_source(checkpoint, "--checkpoint", _CHECKPOINT_FILES)
     siglip_dir = resolve_source(siglip, "--siglip", _TOWER_FILES)
     dino_dir = resolve_source(dino, "--dino", _TOWER_FILES)
-    tokenizer_dir = resolve_source(tokenizer, "--tokenizer", _CHECKPOINT_FILES, weights=False) if tokenizer else checkpoint_dir
+    tokenizer_argument = "--tokenizer" if tokenizer else "--checkpoint"
+    tokenizer_dir = checkpoint_dir
+    if tokenizer:
+        tokenizer_dir = resolve_source(tokenizer, "--tokenizer", _CHECKPOINT_FILES, weights=False)
     for argument, folder in (("--checkpoint", checkpoint_dir), ("--siglip", siglip_dir), ("--dino", dino_dir)):
         if output.resolve() == folder.resolve():
             raise ValueError(f"--output {output}: the same folder as {argument}; write the conversion elsewhere")
 
     model = convert_checkpoint(checkpoint_dir, siglip_dir, dino_dir, dtype=DTYPES[dtype])
-    text_tokenizer = load_tokenizer(tokenizer_dir, model.config.text_config, "--tokenizer" if tokenizer else "--checkpoint")
+    text_tokenizer = load_tokenizer(tokenizer_dir, model.config.text_config, tokenizer_argument)
     processor, base_vocab = (None, None)
     if text_tokenizer is not None:
         processor, base_vocab = build_processor(text_tokenizer, model)

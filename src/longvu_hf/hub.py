@@ -99,7 +99,7 @@ def _rewrite_imports(relative_file: str, source: str) -> tuple[str, list[str]]:
                 target = _module_file(package_parts, alias.name, node.level, relative_file)
                 needed.append(target)
                 stem = Path(target).stem
-                new_lines.append(f"{indent}from .{stem} import __name__ as _{stem}_module  # lists {stem}.py as remote code\n")
+                new_lines.append(f"{indent}from .{stem} import __name__ as _{stem}_module  # lists {stem}.py\n")
             new_lines.append(f"{indent}from . import {names}\n")
             new = "".join(new_lines)
         replacements[node.lineno] = (node.end_lineno, new)
@@ -123,14 +123,15 @@ def remote_code_sources(entry_files: list[str]) -> dict[str, str]:
         flat_name = Path(relative_file).name
         if flat_name in sources:
             if by_flat_name[flat_name] != relative_file:
-                raise RemoteCodeError(f"{relative_file} and {by_flat_name[flat_name]} would share the flat name {flat_name}")
+                other = by_flat_name[flat_name]
+                raise RemoteCodeError(f"{relative_file} and {other} would share the flat name {flat_name}")
             continue
         path = PACKAGE_DIR / relative_file
         if not path.is_file():
             raise RemoteCodeError(f"{relative_file} is not a file of the {PACKAGE_NAME} package")
         header = (
-            f"# Generated from {PACKAGE_NAME}/{relative_file} by longvu_hf.convert_longvu_weights_to_hf for Hub remote\n"
-            f"# code; relative imports point at the sibling files of this folder. Edit the package, not this copy.\n"
+            f"# Generated from {PACKAGE_NAME}/{relative_file} by longvu_hf.convert_longvu_weights_to_hf for Hub\n"
+            f"# remote code; relative imports point at the sibling files of this folder. Edit the package, not this.\n"
         )
         source, needed = _rewrite_imports(relative_file, path.read_text(encoding="utf-8"))
         sources[flat_name], by_flat_name[flat_name] = header + source, relative_file
