@@ -605,22 +605,12 @@ def test_lmms_eval_chat_path_builds_inputs_and_generates(tmp_path, checkpoint):
     assert "<video>" not in answer and answer.strip()
 
 
-@pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="lmms-eval passes images=[] with videos; LongVUProcessor sends the empty list to preprocess_images, which "
-    "raises 'No image was given.' (requested: treat an empty images/videos list as None)",
-)
 def test_lmms_eval_empty_image_list_is_accepted(tmp_path, checkpoint):
     video = str(tiny_video(tmp_path / "clip.mp4"))
     _, inputs, _, _ = lmms_eval_generate(checkpoint, video, images=[])
     assert "pixel_values" not in inputs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generate() returns the prompt with the video placeholder expanded, so lmms-eval's "
-    "`out_ids[len(in_ids):]` keeps prompt text (requested: return the caller's input_ids as the prefix)",
-)
 def test_lmms_eval_trimming_keeps_only_the_answer(tmp_path, checkpoint):
     video = str(tiny_video(tmp_path / "clip.mp4"))
     _, inputs, output, processor = lmms_eval_generate(checkpoint, video, max_new_tokens=3)
