@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -399,7 +400,8 @@ def test_stage1_trains_everything_but_the_towers(stage1_run):
     optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     assert optimized and not any(names[i].startswith(TOWERS) for i in optimized)
-    assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler) and sampler.lengths == trainer.train_dataset["length"][:]
     assert trainer.args.activation_checkpointing and trainer.model.is_gradient_checkpointing
     assert sorted(os.listdir(stage1_run.output)).count("checkpoint-2") == 1
 
@@ -552,11 +554,9 @@ def test_lora_trains_only_adapters_and_modules_to_save(workspace):
 def test_qlora_stops_clearly_without_a_gpu(workspace, tmp_path):
     with pytest.raises(RuntimeError, match="QLoRA needs a CUDA GPU"):
         qlora_quantization_config()
-    sys.path.insert(0, str(REPO / "examples"))
-    try:
-        import train as train_script
-    finally:
-        sys.path.remove(str(REPO / "examples"))
+    spec = importlib.util.spec_from_file_location("longvu_example_train", REPO / "examples" / "train.py")
+    train_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_script)
     config = write_config(tmp_path / "qlora.json", model_name_or_path=str(workspace.stage1_init),
                           data_files=[str(workspace.images)], output_dir=str(tmp_path / "out"), finetuning="qlora")
     with pytest.raises(SystemExit, match="QLoRA needs a CUDA GPU"):
