@@ -347,3 +347,15 @@ def test_frame_selection_on_long_videos_bounds_cached_features():
     assert indices.tolist() == all_kept[[int(i * len(all_kept) / 5) for i in range(5)]].tolist()
     torch.testing.assert_close(features, expected_features, atol=1e-5, rtol=1e-5)
     assert len(all_kept) > 2 * 5  # enough survivors to take the re-encoding path
+
+
+def test_new_window_position_embeddings_are_initialised(tmp_path):
+    """Loading an image (576-query) checkpoint into a 144-query config creates the pos_embeds with randn values."""
+    make_tiny_model(num_queries=576, highres=False).save_pretrained(tmp_path)
+    config = LongVUConfig.from_pretrained(tmp_path)
+    config.num_queries = 144
+    model = LongVUForConditionalGeneration.from_pretrained(tmp_path, config=config, dtype=torch.float32)
+    for layer in model.model.vision_aggregator.layers:
+        for pos_embed in layer.pos_embeds:
+            assert torch.isfinite(pos_embed).all()
+            assert 0.5 < pos_embed.std().item() < 2.0

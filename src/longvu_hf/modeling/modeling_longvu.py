@@ -24,7 +24,7 @@ from transformers.utils.generic import can_return_tuple
 
 from ..configuration_longvu import LongVUConfig
 from . import compression as C
-from .aggregator import LongVUAggregatorLayer, LongVUVisionAggregator, window_key_mask
+from .aggregator import LongVUVisionAggregator, window_key_mask
 
 VISUAL_INPUT_NAMES = (
     "pixel_values",
@@ -155,8 +155,11 @@ class LongVUPreTrainedModel(PreTrainedModel):
             init.normal_(module.image_newline, mean=0.0, std=1 / math.sqrt(self.config.text_config.hidden_size))
         elif isinstance(module, LongVUVisionAggregator):
             init.normal_(module.query, mean=0.0, std=1 / math.sqrt(self.config.aggregator_hidden_size))
-        elif isinstance(module, LongVUAggregatorLayer):
-            for pos_embed in module.pos_embeds:
+        elif isinstance(module, nn.ParameterList):
+            # The SVA window position embeddings (`LongVUAggregatorLayer.pos_embeds`), randn in the reference.
+            # Matched on the list itself: loading skips modules whose own parameters are all loaded, and the layer
+            # owns none directly, so a 576 -> 144 query switch would otherwise leave them uninitialised.
+            for pos_embed in module:
                 init.normal_(pos_embed, mean=0.0, std=1.0)
 
 
