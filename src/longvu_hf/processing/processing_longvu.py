@@ -162,7 +162,7 @@ class LongVUProcessor(ProcessorMixin):
     ['attention_mask', 'input_ids', 'pixel_values_videos', 'pixel_values_videos_dino',
      'video_num_frames', 'video_sizes']
     >>> generated = model.generate(**inputs, max_new_tokens=32)
-    >>> answer = processor.post_process_image_text_to_text(generated, prompt_input_ids=inputs["input_ids"])[0]
+    >>> answer = processor.post_process_image_text_to_text(generated[:, inputs["input_ids"].shape[1] :])[0]
     ```
     """
 
@@ -240,16 +240,16 @@ class LongVUProcessor(ProcessorMixin):
     ) -> list[str]:
         """Decodes generated token ids (a batch or a single sequence) to a list of strings.
 
-        LongVU's `generate` returns the prompt with each placeholder expanded to the video's visual tokens, so the
-        usual `generated[:, input_ids.shape[1]:]` does not cut the prompt off. Pass `prompt_input_ids` (the
-        processor's `input_ids`) to drop the decoded prompt from the front of each answer instead.
+        `prompt_input_ids` (the processor's `input_ids`), if given, drops the decoded prompt from the front of each
+        decoded sequence: this works whether the sequences start with the prompt as given or, as the model sees it,
+        with each placeholder expanded to the video's visual tokens (which decode to nothing).
 
         Example:
 
         ```python
         >>> generated = model.generate(**inputs, max_new_tokens=16)
         >>> processor.post_process_image_text_to_text(generated, prompt_input_ids=inputs["input_ids"])
-        ['A red square moves to the right.']
+        [' A red square moves to the right.']
         ```
         """
         texts = self.tokenizer.batch_decode(
