@@ -2,7 +2,9 @@
 
 from typing import Any
 
+from transformers.image_utils import make_flat_list_of_images
 from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin
+from transformers.video_utils import make_batched_videos
 
 from .video_processing_longvu import LongVUVideoProcessor, LongVUVideoProcessorKwargs
 
@@ -109,6 +111,9 @@ def _is_empty_list(value: Any) -> bool:
 
 class LongVUProcessorKwargs(ProcessingKwargs, total=False):
     videos_kwargs: LongVUVideoProcessorKwargs
+    # transformers 5.18 reads processor defaults only from here (later versions also read the processor's class
+    # attributes); TypedDict subclasses do not inherit it, so it must be set on this class.
+    _defaults = {"text_kwargs": {"padding_side": "left"}}
 
 
 class _ImagesThroughVideoProcessor:
@@ -217,6 +222,26 @@ class LongVUProcessor(ProcessorMixin):
         images = None if _is_empty_list(images) else images
         videos = None if _is_empty_list(videos) else videos
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        # transformers < 5.23 does not check the placeholder counts itself: one placeholder per video/image.
+        if text is None:
+            return
+        texts = [text] if isinstance(text, str) else text
+        for token, media, name, flatten in (
+            (self.video_token, videos, "videos", make_batched_videos),
+            (self.image_token, images, "images", make_flat_list_of_images),
+        ):
+            in_text = sum(sample.count(token) for sample in texts)
+            given = 0 if media is None else len(flatten(media))
+            if in_text and not given:
+                raise ValueError(f"Found {in_text} {token} placeholder(s) in the text but no {name} were passed.")
+            if in_text != given:
+                raise ValueError(
+                    f"The prompts hold {in_text} {token} placeholder(s) but {given} {name} were passed: write exactly "
+                    f"one {token} per item."
+                )
 
     @property
     def image_processor(self) -> _ImagesThroughVideoProcessor:

@@ -522,8 +522,14 @@ def _backend_usable(backend: str) -> bool:
     if backend == "decord":
         return is_decord_available()
     if backend == "torchcodec" and is_torchcodec_available():
-        from transformers.utils import is_torchcodec_usable
-
+        try:
+            from transformers.utils import is_torchcodec_usable  # transformers >= 5.23
+        except ImportError:
+            try:  # older 5.x: torchcodec loads FFmpeg's shared libraries on import of its decoders
+                import torchcodec.decoders  # noqa: F401
+            except Exception:
+                return False
+            return True
         return is_torchcodec_usable(decode="video")  # needs FFmpeg's shared libraries next to it
     return False
 
