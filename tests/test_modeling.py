@@ -359,3 +359,18 @@ def test_new_window_position_embeddings_are_initialised(tmp_path):
         for pos_embed in layer.pos_embeds:
             assert torch.isfinite(pos_embed).all()
             assert 0.5 < pos_embed.std().item() < 2.0
+
+
+def test_placeholders_are_never_generated():
+    model = make_tiny_model()
+    with torch.no_grad():  # make the video placeholder the most likely next token
+        hidden = model.model(input_ids=torch.tensor([[5, 6]])).last_hidden_state[0, -1]
+        model.lm_head.weight[V] = hidden / hidden.norm() * 1e3
+    from transformers import GenerationMixin
+
+    unsuppressed = GenerationMixin.generate(model, torch.tensor([[5, 6]]), max_new_tokens=1, do_sample=False)
+    assert unsuppressed[0, -1] == V  # the plain generate would emit it
+    inputs = {"input_ids": torch.tensor([[5, V, 7]]), **random_video_inputs(2)}
+    out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, suppress_tokens=[9])
+    assert not torch.isin(out[:, -5:], torch.tensor([V, I, 9])).any()
+    assert not (model.generate(input_ids=torch.tensor([[5, 6]]), max_new_tokens=3, do_sample=False)[:, 2:] == V).any()

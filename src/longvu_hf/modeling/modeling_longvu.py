@@ -773,6 +773,14 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
             image_compression=outputs.image_compression,
         )
 
+    def _suppress_placeholders(self, kwargs: dict) -> list[int]:
+        """The requested `suppress_tokens` plus the video/image placeholders, which must never be generated."""
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        requested = kwargs.get("suppress_tokens") or getattr(generation_config, "suppress_tokens", None) or []
+        vocab_size = self.config.text_config.vocab_size
+        placeholders = [i for i in (self.config.video_token_id, self.config.image_token_id) if 0 <= i < vocab_size]
+        return sorted(set(requested) | set(placeholders))
+
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, **kwargs: Any):
         """Encode the videos/images once, expand their placeholders, then run the standard `generate`.
@@ -782,6 +790,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         `pixel_values_videos_dino`, `video_num_frames`, `video_sizes`, or the image equivalents). The compression
         reports of the last call are kept in `self.last_compression`.
         """
+        kwargs["suppress_tokens"] = self._suppress_placeholders(kwargs)
         visual = {name: kwargs.pop(name) for name in VISUAL_INPUT_NAMES if kwargs.get(name) is not None}
         for name in VISUAL_INPUT_NAMES:
             kwargs.pop(name, None)
