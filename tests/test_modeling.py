@@ -374,3 +374,15 @@ def test_placeholders_are_never_generated():
     out = model.generate(**inputs, max_new_tokens=5, min_new_tokens=5, do_sample=False, suppress_tokens=[9])
     assert not torch.isin(out[:, -5:], torch.tensor([V, I, 9])).any()
     assert not (model.generate(input_ids=torch.tensor([[5, 6]]), max_new_tokens=3, do_sample=False)[:, 2:] == V).any()
+
+
+def test_max_visual_tokens_caps_the_video_per_call(model):
+    inputs = {"input_ids": torch.tensor([[5, 6, V, 7]]), **random_video_inputs(6)}
+    with torch.no_grad():
+        full = model(**inputs).compression[0]
+        capped = model(**inputs, max_visual_tokens=100).compression[0]
+    assert full["num_visual_tokens"] > 100 >= capped["num_visual_tokens"] and capped["budget"] == 100
+    out = model.generate(**inputs, max_visual_tokens=100, max_new_tokens=2, do_sample=False)
+    assert model.last_compression["video"][0] == capped and out.shape[1] == 4 + 2
+    with pytest.raises(ValueError, match="max_visual_tokens"):
+        model(**inputs, max_visual_tokens=0)

@@ -387,6 +387,7 @@ class LongVUModel(LongVUPreTrainedModel):
         video_sizes: torch.Tensor | None = None,
         prompt_input_ids: torch.LongTensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
+        max_visual_tokens: int | None = None,
         **kwargs,
     ) -> LongVUVisualFeaturesOutput:
         """Encode and compress every video; `pooler_output` holds one `(tokens_i, hidden)` tensor per video.
@@ -396,7 +397,12 @@ class LongVUModel(LongVUPreTrainedModel):
         §3-5). A sample with several visual items splits its budget equally among them. `compression` holds one report
         per video. (The prompt arguments are not named `input_ids`/`attention_mask` because `generate` hands every
         model kwarg matching this signature to the encoder and then drops it.)
+
+        `max_visual_tokens` caps each video's tokens for this call: frame selection, resolution mixing and STC then
+        work as if the context left exactly that many tokens (default: whatever `max_context_length` leaves).
         """
+        if max_visual_tokens is not None and max_visual_tokens < 1:
+            raise ValueError(f"`max_visual_tokens` must be at least 1, got {max_visual_tokens}")
         if pixel_values_videos_dino is None:
             raise ValueError("`pixel_values_videos_dino` is required with `pixel_values_videos`")
         videos, videos_dino = self._split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames)
@@ -407,22 +413,23 @@ class LongVUModel(LongVUPreTrainedModel):
             video_sizes = torch.tensor([[v.shape[-2], v.shape[-1]] for v in videos])
         features, reports = [], []
         for video, video_dino, size_hw, prompt in zip(videos, videos_dino, video_sizes.tolist(), layout):
-            tokens, report = self._encode_video(video, video_dino, tuple(size_hw), prompt)
+            tokens, report = self._encode_video(video, video_dino, tuple(size_hw), prompt, max_visual_tokens)
             features.append(tokens)
             reports.append(report)
         return LongVUVisualFeaturesOutput(pooler_output=features, compression=reports)
 
-    def _encode_video(self, video, video_dino, size_hw, prompt) -> tuple[torch.Tensor, dict]:
+    def _encode_video(self, video, video_dino, size_hw, prompt, max_visual_tokens=None) -> tuple[torch.Tensor, dict]:
         cfg = self.config
         num_frames = len(video)
         full_tokens, low_tokens = cfg.num_queries, cfg.lowres_grid_size**2
-        # Budget with the placeholder counted (frame selection, SVA flags) and without it (splice), as the reference.
         share = prompt["num_visual"]
-        select_budget = C.visual_budget(cfg.max_context_length, prompt["text_len"], cfg.context_margin) // share
-        splice_budget = (
-            C.visual_budget(cfg.max_context_length, prompt["text_len"] - prompt["num_visual"], cfg.context_margin)
-            // share
-        )
+        text_only = prompt["text_len"] - share
+        context = cfg.max_context_length
+        if max_visual_tokens is not None:  # as if the context ended right after `max_visual_tokens` per video
+            context = min(context, text_only + cfg.context_margin + max_visual_tokens * share)
+        # Budget with the placeholder counted (frame selection, SVA flags) and without it (splice), as the reference.
+        select_budget = C.visual_budget(context, prompt["text_len"], cfg.context_margin) // share
+        splice_budget = C.visual_budget(context, text_only, cfg.context_margin) // share
         if splice_budget <= 0:
             raise ValueError(
                 f"The prompt alone ({prompt['text_len']} tokens) leaves no room for the video in the context budget "
@@ -564,12 +571,14 @@ class LongVUModel(LongVUPreTrainedModel):
     def encode_visual_inputs(
         self, input_ids, attention_mask, pixel_values=None, pixel_values_dino=None, image_sizes=None,
         pixel_values_videos=None, pixel_values_videos_dino=None, video_num_frames=None, video_sizes=None,
+        max_visual_tokens=None,
     ) -> dict[str, LongVUVisualFeaturesOutput]:
         """Run `get_video_features` / `get_image_features` for whatever pixels are given; `{"video": .., "image": ..}`."""
         outputs = {}
         if pixel_values_videos is not None:
             outputs["video"] = self.get_video_features(
-                pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes, input_ids, attention_mask
+                pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes, input_ids, attention_mask,
+                max_visual_tokens,
             )
         if pixel_values is not None:
             outputs["image"] = self.get_image_features(pixel_values, pixel_values_dino, image_sizes)
@@ -594,6 +603,7 @@ class LongVUModel(LongVUPreTrainedModel):
         video_sizes: torch.LongTensor | None = None,
         mm_encoder_outputs: dict | None = None,
         use_cache: bool | None = None,
+        max_visual_tokens: int | None = None,
         **kwargs,
     ) -> LongVUModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -603,7 +613,7 @@ class LongVUModel(LongVUPreTrainedModel):
                 raise ValueError("Pass either pixel inputs or pre-computed `mm_encoder_outputs`, not both")
             mm_encoder_outputs = self.encode_visual_inputs(
                 input_ids, attention_mask, pixel_values, pixel_values_dino, image_sizes,
-                pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes,
+                pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes, max_visual_tokens,
             )
         mm_encoder_outputs = mm_encoder_outputs or {}
         video = mm_encoder_outputs.get("video")
@@ -732,6 +742,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         mm_encoder_outputs: dict | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        max_visual_tokens: int | None = None,
         **kwargs,
     ) -> LongVUCausalLMOutputWithPast:
         outputs = self.model(
@@ -750,6 +761,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
             video_sizes=video_sizes,
             mm_encoder_outputs=mm_encoder_outputs,
             use_cache=use_cache,
+            max_visual_tokens=max_visual_tokens,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -788,9 +800,11 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         The returned sequences start with the prompt as given (one placeholder per video/image), then the new tokens.
         Accepts the processor's outputs as they are (`input_ids`, `attention_mask`, `pixel_values_videos`,
         `pixel_values_videos_dino`, `video_num_frames`, `video_sizes`, or the image equivalents). The compression
-        reports of the last call are kept in `self.last_compression`.
+        reports of the last call are kept in `self.last_compression`. `max_visual_tokens` caps each video's tokens for
+        this call (see `LongVUModel.get_video_features`).
         """
         kwargs["suppress_tokens"] = self._suppress_placeholders(kwargs)
+        max_visual_tokens = kwargs.pop("max_visual_tokens", None)
         visual = {name: kwargs.pop(name) for name in VISUAL_INPUT_NAMES if kwargs.get(name) is not None}
         for name in VISUAL_INPUT_NAMES:
             kwargs.pop(name, None)
@@ -802,7 +816,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
             raise ValueError("`input_ids` are required when generating from videos or images")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        encoded = self.model.encode_visual_inputs(input_ids, attention_mask, **visual)
+        encoded = self.model.encode_visual_inputs(input_ids, attention_mask, **visual, max_visual_tokens=max_visual_tokens)
         video, image = encoded.get("video"), encoded.get("image")
         expanded_ids, attention_mask, _ = self.model.expand_placeholders(
             input_ids,
