@@ -12,6 +12,8 @@ Distributed (see docs/training.md for 1 GPU, 8 GPUs and 8 nodes x 8 GPUs):
 
 import sys
 
+import torch.distributed as dist
+
 import longvu_hf  # noqa: F401  (registers LongVU with the Auto classes)
 from longvu_hf.training.model_setup import qlora_quantization_config
 from longvu_hf.training.recipe import parse_config, train
@@ -28,6 +30,11 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         raise SystemExit(f"train.py: {error}") from None
     train(model_args, data_args, training_args)
+    if dist.is_available() and dist.is_initialized():
+        # Tear the process group down before interpreter exit: leaving it to destructors can abort a rank at exit
+        # ("terminate called without an active exception") after the run itself succeeded.
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
