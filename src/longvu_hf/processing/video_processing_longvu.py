@@ -26,13 +26,10 @@ from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_videos
 
+from ..configuration_longvu import DINO_IMAGE_MEAN, DINO_IMAGE_STD, SIGLIP_IMAGE_MEAN, SIGLIP_IMAGE_STD
 from .frame_transforms import fill_colour, pad_and_resize_pil, pad_and_resize_torch
 from .video_decoding import FrameBatch, FrameSource, open_frame_source, prefetch, to_uint8_hwc
 
-SIGLIP_IMAGE_MEAN = (0.5, 0.5, 0.5)
-SIGLIP_IMAGE_STD = (0.5, 0.5, 0.5)
-DINO_IMAGE_MEAN = (0.485, 0.456, 0.406)
-DINO_IMAGE_STD = (0.229, 0.224, 0.225)
 RESIZE_BACKENDS = ("pil", "torch")
 MAX_FRAMES_MODES = ("uniform", "stride")
 
