@@ -78,9 +78,9 @@ def expected_compression(
     budget = cli.effective_budget(model.config, prompt_tokens, max_context_length, None, max_visual_tokens)
     with torch.no_grad(), cli.token_budget(model, budget["max_context_length"], budget["context_margin"]):
         if generate:
-            model.generate(**inputs, max_new_tokens=3, do_sample=False)
+            model.generate(**inputs, max_new_tokens=3, do_sample=False, max_visual_tokens=max_visual_tokens)
             return model.last_compression["video"][0]
-        return model(**inputs).compression[0]
+        return model(**inputs, max_visual_tokens=max_visual_tokens).compression[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -223,9 +223,9 @@ def test_effective_budget_and_per_call_override(loaded):
     budget = cli.effective_budget(config, prompt_tokens=30)
     assert budget["max_context_length"] == 1024 and budget["visual_budget"] == 1024 - 30 - 16
     capped = cli.effective_budget(config, 30, max_visual_tokens=100)
-    assert capped["max_context_length"] == 30 + 16 + 100 and capped["visual_budget"] == 100
+    assert capped["max_context_length"] == 1024 and capped["visual_budget"] == 100
     # a cap above what the context leaves changes nothing
-    assert cli.effective_budget(config, 30, max_visual_tokens=10_000)["max_context_length"] == 1024
+    assert cli.effective_budget(config, 30, max_visual_tokens=10_000)["visual_budget"] == 1024 - 30 - 16
     with pytest.raises(cli.CLIError, match="at least 47"):
         cli.effective_budget(config, 30, max_context_length=46)
     with pytest.raises(cli.CLIError, match="--max-visual-tokens 0"):
@@ -318,9 +318,12 @@ def test_bad_video_file_and_outputs(model_dir, tmp_path, video, capsys):
         assert cli.main(["report", str(video), QUESTION, "--model", str(model_dir), "--out", str(out)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], err
-    # usage errors from argparse also exit with 2
+    # usage errors also exit with 2, in one line
     assert cli.main(["report", str(video), QUESTION]) == 2
-    assert "--out" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "longvu report --help" in err[0], err
+    assert cli.main(["ask", str(video), QUESTION, "--max-new-tokens", "0"]) == 2
+    assert "must be at least 1" in capsys.readouterr().err
 
 
 def test_convert_forwards_to_the_converter(tmp_path, capsys):
@@ -330,3 +333,5 @@ def test_convert_forwards_to_the_converter(tmp_path, capsys):
     assert status == 2
     assert "--checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+    assert cli.main(["convert", "--help"]) == 0
+    assert "--siglip" in capsys.readouterr().out

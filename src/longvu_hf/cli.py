@@ -14,8 +14,8 @@ Token budget (per call; the defaults are the reference's, stored in the model's 
 - `--max-context-length` (8192 for the released checkpoints): the context the compression fits prompt + video into;
 - `--context-margin` (16): tokens kept free after the video;
 - `--max-visual-tokens` (no default: whatever the context leaves, `max_context_length - prompt - margin`): an upper
-  bound on the video's tokens; frame selection, resolution mixing and STC then work as if the context left exactly
-  that many tokens.
+  bound on the video's tokens, passed to `generate(..., max_visual_tokens=N)`; frame selection, resolution mixing and
+  STC then work as if the context left exactly that many tokens.
 
 Bad input (missing video or model, a folder that is not a LongVU checkpoint, a budget smaller than the prompt, ...)
 ends with a one-line message saying how to fix it and exit status 2. Outputs are written to a temporary file and
@@ -229,12 +229,13 @@ def effective_budget(
     config, prompt_tokens: int, max_context_length: int | None = None, context_margin: int | None = None,
     max_visual_tokens: int | None = None,
 ) -> dict:
-    """The `max_context_length`/`context_margin` to set on the model for one call, and the resulting visual budget.
+    """Validate the token settings of one call and work out the video's token budget.
 
-    `prompt_tokens` counts the prompt without its video placeholder. `max_visual_tokens` is applied by lowering the
-    context the compression sees to `prompt_tokens + context_margin + max_visual_tokens` (the model's budget is
-    `max_context_length - prompt - margin`, REFERENCE.md §3-§5), so every step budgets as if the context left exactly
-    that many tokens for the video. Raises `CLIError` when the prompt leaves no room.
+    `prompt_tokens` counts the prompt without its video placeholder. The model budgets the video as
+    `max_context_length - prompt - margin` (REFERENCE.md §3-§5); `max_visual_tokens` caps that (the model's own
+    per-call argument: every step then budgets as if the context left exactly that many tokens). Returns the settings
+    to apply (`max_context_length`, `context_margin` on the config; `max_visual_tokens` to `generate`/`forward`) and
+    the resulting `visual_budget`. Raises `CLIError` when the prompt leaves no room.
     """
     context = config.max_context_length if max_context_length is None else max_context_length
     margin = config.context_margin if context_margin is None else context_margin
@@ -251,14 +252,12 @@ def effective_budget(
             f"a context of {context} tokens; raise --max-context-length to at least {prompt_tokens + margin + 1} or "
             "shorten the question"
         )
-    if max_visual_tokens is not None and max_visual_tokens < room:
-        context = prompt_tokens + margin + max_visual_tokens
     return {
         "max_context_length": context,
         "context_margin": margin,
         "max_visual_tokens": max_visual_tokens,
         "prompt_tokens": prompt_tokens,
-        "visual_budget": context - prompt_tokens - margin,
+        "visual_budget": room if max_visual_tokens is None else min(room, max_visual_tokens),
     }
 
 
@@ -444,7 +443,8 @@ def prepare_inputs(processor, video: Path, question: str, fps: float | None, max
 def run_model(
     model, processor, inputs, args, quiet: bool, generate: bool = True, echo: bool = True
 ) -> tuple[dict, str | None, dict]:
-    """Encode (and answer, if `generate`) under the call's token budget; returns the model's compression report of
+    """Encode (and answer, if `generate`) under the call's token budget (`max_context_length`/`context_margin` set
+    on the config for the call, `max_visual_tokens` passed to the model); returns the model's compression report of
     the video, the answer, and the budget used."""
     import torch
 
@@ -463,7 +463,7 @@ def run_model(
             with encoding_progress(model, num_frames, quiet):
                 model.generate(
                     **text_inputs, **pixel_inputs, max_new_tokens=args.max_new_tokens, do_sample=False,
-                    streamer=streamer,
+                    streamer=streamer, max_visual_tokens=budget["max_visual_tokens"],
                 )
             compression = model.last_compression["video"][0]
             answer = streamer.answer
@@ -474,6 +474,7 @@ def run_model(
                     pixel_inputs["pixel_values_videos"], pixel_inputs["pixel_values_videos_dino"],
                     pixel_inputs["video_num_frames"], pixel_inputs["video_sizes"],
                     text_inputs["input_ids"], text_inputs["attention_mask"],
+                    max_visual_tokens=budget["max_visual_tokens"],
                 )
             compression = features.compression[0]
     return compression, answer, budget
@@ -566,10 +567,18 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
-def cmd_convert(args) -> int:
+def cmd_convert(argv: list[str]) -> int:
+    """`longvu convert ...`: the converter's own command line (`python -m longvu_hf.convert_longvu_weights_to_hf`)."""
     from . import convert_longvu_weights_to_hf as converter
 
-    converter.main(list(args.converter_args))
+    try:
+        converter.main(argv)
+    except SystemExit as exit_:  # its argparse: --help, or a one-line error with status 2
+        return int(exit_.code or 0)
+    except KeyboardInterrupt:
+        print("\nlongvu convert: interrupted (the converter stages its output: no partial folder is left)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK
 
 
@@ -706,6 +715,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -713,7 +729,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_video_options(parser: argparse.ArgumentParser, with_model: bool = True) -> None:
+def _add_video_options(parser: argparse.ArgumentParser, with_model: bool = True, max_new_tokens: int = 128) -> None:
     if with_model:
         parser.add_argument("--model", default=None, help=f"converted LongVU folder or Hub id (default: "
                             f"${DEFAULT_MODEL_ENV} or {DEFAULT_MODEL}, converted on first use)")
@@ -723,7 +739,10 @@ def _add_video_options(parser: argparse.ArgumentParser, with_model: bool = True)
     parser.add_argument("--fps", type=_positive_float, default=1.0, help="frames sampled per second (default 1)")
     parser.add_argument("--max-frames", type=_positive_int, default=None,
                         help="cap on the sampled frames, spread evenly (default: no cap, as the reference)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length in tokens (default 128)")
+    parser.add_argument("--max-new-tokens", type=_non_negative_int if max_new_tokens == 64 else _positive_int,
+                        default=max_new_tokens,
+                        help=f"answer length in tokens (default {max_new_tokens}"
+                        + ("; 0: no answer, only the towers and the compression)" if max_new_tokens == 64 else ")"))
     parser.add_argument("--max-visual-tokens", type=int, default=None,
                         help="at most this many visual tokens (default: what the context leaves)")
     parser.add_argument("--max-context-length", type=int, default=None,
@@ -739,8 +758,15 @@ def _add_output_options(parser: argparse.ArgumentParser, required: bool) -> None
     parser.add_argument("--overwrite", action="store_true", help="replace existing --out/--json files")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line too (argparse prints the whole usage block first by default)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="longvu", description=__doc__.split("\n\n")[0],
         epilog="Run `longvu COMMAND --help` for the options of a command.",
     )
@@ -755,26 +781,26 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="picture + JSON of what the compression did to a video")
     report.add_argument("video", help="video file or folder of frames")
     report.add_argument("question", help="the question (the query decides which frames keep full resolution)")
-    _add_video_options(report)
+    _add_video_options(report, max_new_tokens=64)
     _add_output_options(report, required=True)
-    report.set_defaults(handler=cmd_report, max_new_tokens=64)
+    report.set_defaults(handler=cmd_report)
 
-    convert = commands.add_parser(
-        "convert", help="convert an official LongVU checkpoint (the converter's options follow)", add_help=False
-    )
-    convert.add_argument("converter_args", nargs=argparse.REMAINDER)
-    convert.set_defaults(handler=cmd_convert)
+    # `longvu convert ARGS` is handed to the converter as is (see `main`); listed here for `longvu --help`.
+    commands.add_parser("convert", help="convert an official LongVU checkpoint (`longvu convert --help`)")
 
     demo = commands.add_parser("demo", help="the whole pipeline offline on a generated clip (tiny RANDOM model)")
     demo.add_argument("--question", default="What is happening in this video ?")
-    _add_video_options(demo, with_model=False)
+    _add_video_options(demo, with_model=False, max_new_tokens=12)
     _add_output_options(demo, required=False)
-    demo.set_defaults(handler=cmd_demo, max_new_tokens=12)
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `longvu` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["convert"]:
+        return cmd_convert(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -788,8 +814,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\nlongvu {args.command}: interrupted (no partial output file is left)", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except SystemExit as exit_:  # the converter's argparse
-        return int(exit_.code or 0)
 
 
 if __name__ == "__main__":
