@@ -244,11 +244,12 @@ def stc_keep_mask(frames: torch.Tensor, threshold: float, window_size: int) -> t
     Returns:
         `(frames, tokens)` bool mask.
     """
-    num_frames = frames.shape[0]
-    anchors = torch.arange(num_frames, device=frames.device) // window_size * window_size
-    sim = F.cosine_similarity(frames[anchors], frames, dim=-1)
-    keep = sim < threshold
-    keep[anchors == torch.arange(num_frames, device=frames.device)] = True
+    keep = torch.empty(frames.shape[:2], dtype=torch.bool, device=frames.device)
+    # Chunk by chunk: the anchor broadcasts against its chunk, with no gathered copy of every frame.
+    for start in range(0, frames.shape[0], window_size):
+        chunk = frames[start : start + window_size]
+        keep[start : start + window_size] = F.cosine_similarity(chunk[:1], chunk, dim=-1) < threshold
+        keep[start] = True
     return keep
 
 
