@@ -6,7 +6,6 @@ import json
 import os
 import threading
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
