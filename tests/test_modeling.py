@@ -386,3 +386,17 @@ def test_max_visual_tokens_caps_the_video_per_call(model):
     assert model.last_compression["video"][0] == capped and out.shape[1] == 4 + 2
     with pytest.raises(ValueError, match="max_visual_tokens"):
         model(**inputs, max_visual_tokens=0)
+
+
+def test_images_beyond_the_context_are_refused_not_truncated():
+    model = make_tiny_model(num_queries=576, highres=False, max_context_length=400)  # a 640x480 image is 450 tokens
+    pixels = {
+        "pixel_values": torch.randint(0, 256, (1, 3, 384, 384), dtype=torch.uint8),
+        "pixel_values_dino": torch.randint(0, 256, (1, 3, 378, 378), dtype=torch.uint8),
+        "image_sizes": torch.tensor([[480, 640]]),
+    }
+    ids = torch.tensor([[5, I, 7]])
+    with pytest.raises(ValueError, match="max_context_length"):
+        model(input_ids=ids, **pixels)
+    with pytest.raises(ValueError, match="max_context_length"):
+        model.generate(input_ids=ids, max_new_tokens=2, **pixels)

@@ -546,9 +546,15 @@ class LongVUModel(LongVUPreTrainedModel):
                 row_labels = labels[row][real].clone()
                 row_labels[(ids == self.config.video_token_id) | (ids == self.config.image_token_id)] = -100
                 rows_labels.append(row_labels.repeat_interleave(repeats))
+        max_len = max(len(r) for r in rows_ids)
+        if max_len > self.config.max_context_length:
+            # Videos are compressed into the budget; only images (never compressed) or a long text can get here.
+            raise ValueError(
+                f"The expanded sequence ({max_len} tokens) exceeds `max_context_length`="
+                f"{self.config.max_context_length}; shorten the prompt or use fewer images"
+            )
         pad_id = self.config.text_config.pad_token_id
         pad_id = 0 if pad_id is None else pad_id
-        max_len = max(len(r) for r in rows_ids)
         new_ids = input_ids.new_full((len(rows_ids), max_len), pad_id)
         new_mask = attention_mask.new_zeros((len(rows_ids), max_len))
         new_labels = labels.new_full((len(rows_ids), max_len), -100) if labels is not None else None
@@ -640,13 +646,6 @@ class LongVUModel(LongVUPreTrainedModel):
                     [len(f) for f in image_features],
                 )
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-            if attention_mask is not None and attention_mask.shape[-1] > self.config.max_context_length:
-                longest = int(attention_mask.sum(-1).max())
-                if longest > self.config.max_context_length:
-                    raise ValueError(
-                        f"The expanded sequence ({longest} tokens) exceeds `max_context_length`="
-                        f"{self.config.max_context_length}; shorten the prompt or use fewer images"
-                    )
 
         if inputs_embeds is None:
             visual = (input_ids == self.config.video_token_id) | (input_ids == self.config.image_token_id)
