@@ -90,6 +90,26 @@ def cap_frame_indices(indices: torch.Tensor, max_frames: int) -> torch.Tensor:
     return indices[picks]
 
 
+def select_frames_in_windows(
+    dino_features: torch.Tensor, threshold: float, window_size: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Kept frame indices (sorted, int64) and per-window scores over consecutive windows of `window_size` frames; the
+    last window may be shorter (REFERENCE.md §3 steps 5-7). No cap is applied."""
+    kept, scores = [], []
+    for start in range(0, len(dino_features), window_size):
+        window_scores = dino_window_scores(dino_features[start : start + window_size])
+        scores.append(window_scores)
+        kept.append(select_frames_in_window(window_scores, threshold).cpu() + start)
+    indices = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
+    return indices, scores
+
+
+def cap_selected_frames(indices: torch.Tensor, num_frames: int, window_size: int, max_frames: int) -> torch.Tensor:
+    """The reference's hard cap after selection (REFERENCE.md §3 step 8). It applies only when the video spans at
+    least one whole window (a single short window never exceeds the cap)."""
+    return cap_frame_indices(indices, max_frames) if num_frames >= window_size else indices
+
+
 def select_frames(
     dino_features: torch.Tensor, threshold: float, window_size: int, max_frames: int
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -104,16 +124,8 @@ def select_frames(
     Returns:
         The kept frame indices (sorted, int64) and the per-window scores.
     """
-    kept, scores = [], []
-    for start in range(0, len(dino_features), window_size):
-        window_scores = dino_window_scores(dino_features[start : start + window_size])
-        scores.append(window_scores)
-        kept.append(select_frames_in_window(window_scores, threshold) + start)
-    indices = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.long)
-    # The reference applies the cap only when there is more than one window (a single window never exceeds it).
-    if len(dino_features) >= window_size:
-        indices = cap_frame_indices(indices, max_frames)
-    return indices, scores
+    indices, scores = select_frames_in_windows(dino_features, threshold, window_size)
+    return cap_selected_frames(indices, len(dino_features), window_size, max_frames), scores
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -266,20 +266,15 @@ class LongVUModel(LongVUPreTrainedModel):
         kept_indices, kept_features, num_kept = [], [], 0
         for start in range(0, num_frames, chunk_size):
             features = self._dino_chunk(pixels_dino[start : start + chunk_size])
-            for offset in range(0, len(features), window):
-                scores = C.dino_window_scores(features[offset : offset + window])
-                local = C.select_frames_in_window(scores, self.config.dino_threshold).to(features.device)
-                kept_indices.append(local.cpu() + start + offset)
-                num_kept += len(local)
-                if kept_features is not None:
-                    kept_features.append(features[offset : offset + window][local])
+            local, _ = C.select_frames_in_windows(features, self.config.dino_threshold, window)
+            kept_indices.append(local + start)
+            num_kept += len(local)
+            if kept_features is not None:
+                kept_features.append(features[local.to(features.device)])
             if kept_features is not None and num_kept > 2 * cap:
                 kept_features = None  # re-encode the capped frames instead of holding all survivors
         indices = torch.cat(kept_indices)
-        if num_frames >= window:
-            picks = C.cap_frame_indices(torch.arange(len(indices)), cap)
-        else:
-            picks = torch.arange(len(indices))
+        picks = C.cap_selected_frames(torch.arange(len(indices)), num_frames, window, cap)
         if kept_features is None:
             return indices[picks], self.dino_features(pixels_dino[indices[picks].to(pixels_dino.device)]), True
         features = torch.cat(kept_features)
