@@ -112,9 +112,19 @@ def test_query_scores_pick_the_relevant_frames_in_temporal_order():
     assert scores.tolist() == [0.0, 3.0, 1.0, 0.0, 2.0]
     assert C.pick_high_res_frames(scores, 2).tolist() == [1, 4]
     assert C.pick_high_res_frames(scores, 10).tolist() == [0, 1, 2, 3, 4]
-    high = torch.ones(5, 3, 4)
+    high = torch.stack([torch.full((3, 4), 10.0), torch.full((3, 4), 40.0)])  # frames 1 and 4 at full resolution
     tokens, counts = C.mix_resolutions(high, frames, torch.tensor([1, 4]))
     assert counts == [2, 3, 2, 2, 3] and tokens.shape == (12, 4)
+    assert tokens[2:5].eq(10.0).all() and tokens[9:].eq(40.0).all() and torch.equal(tokens[:2], frames[0])
+    with pytest.raises(ValueError, match="high_res_frames"):
+        C.mix_resolutions(torch.ones(5, 3, 4), frames, torch.tensor([1, 4]))
+
+
+@pytest.mark.parametrize("size_wh", [(16, 9), (9, 16), (4, 3), (1, 1), (100, 7)])
+def test_tokens_per_unpadded_frame_counts_what_unpadding_and_newlines_produce(size_wh):
+    grid = torch.zeros(1, 12, 12, 2)
+    produced = C.add_row_newlines(C.unpad_grid(grid, size_wh), torch.zeros(2)).shape[1]
+    assert C.tokens_per_unpadded_frame(12, size_wh) == produced
 
 
 def test_stc_keeps_anchor_frames_whole_and_drops_repeats():

@@ -8,10 +8,11 @@ Steps, in the order the model applies them:
 1. `frame_budget` / `resolution_flags`: how many frames fit the context (integer arithmetic of the reference).
 2. `dino_window_scores` / `select_frames_in_window` / `cap_frame_indices`: temporal reduction with DINOv2
    features (paper §3.1).
-3. `unpad_grid` / `add_row_newlines`: remove the rows or columns of the square padding, append a newline per row.
+3. `unpad_grid` / `add_row_newlines` / `tokens_per_unpadded_frame`: remove the rows or columns of the square padding,
+   append a newline per row.
 4. `num_high_res_frames` / `query_frame_scores` / `mix_resolutions`: the text query picks the frames that keep
    full resolution (paper §3.2).
-5. `spatial_token_compression` / `truncate_chunks_to_budget`: STC (paper §3.3) and the forced truncation.
+5. `spatial_token_compression` / `truncate_chunks`: STC (paper §3.3) and the forced truncation.
 """
 
 from __future__ import annotations
@@ -155,6 +156,12 @@ def unpad_grid(features: torch.Tensor, original_size: tuple[int, int]) -> torch.
     return features[..., rows, cols, :]
 
 
+def tokens_per_unpadded_frame(grid_size: int, original_size: tuple[int, int]) -> int:
+    """Tokens of one square `grid_size` frame after `unpad_grid` and `add_row_newlines`."""
+    rows, cols = unpad_slices(grid_size, grid_size, original_size)
+    return len(range(grid_size)[rows]) * (len(range(grid_size)[cols]) + 1)
+
+
 def padding_key_mask(grid_size: int, original_size: tuple[int, int], device=None) -> torch.Tensor:
     """`(grid, grid)` bool mask of the encoder tokens that cover real content (reference `unmask_attention_mask`).
 
@@ -230,11 +237,20 @@ def mix_resolutions(
 ) -> tuple[torch.Tensor, list[int]]:
     """Concatenate frames in temporal order: full resolution at `high_positions`, low resolution elsewhere.
 
+    Args:
+        high_res_frames: `(len(high_positions), high_tokens, dim)`, the full-resolution tokens of the frames at
+            `high_positions`, in that order (only those frames need projecting at full resolution).
+        low_res_frames: `(frames, low_tokens, dim)`, every frame at low resolution.
+        high_positions: sorted frame positions, as `pick_high_res_frames` returns them.
+
     Returns the `(tokens, dim)` sequence and the token count of every frame.
     """
-    is_high = torch.zeros(len(low_res_frames), dtype=torch.bool)
-    is_high[high_positions.cpu()] = True
-    pieces = [high_res_frames[i] if is_high[i] else low_res_frames[i] for i in range(len(low_res_frames))]
+    if len(high_res_frames) != len(high_positions):
+        raise ValueError(
+            f"`high_res_frames` holds {len(high_res_frames)} frames but `high_positions` names {len(high_positions)}"
+        )
+    high_by_position = dict(zip(high_positions.tolist(), high_res_frames))
+    pieces = [high_by_position.get(i, low) for i, low in enumerate(low_res_frames)]
     return torch.cat(pieces, dim=0), [len(p) for p in pieces]
 
 

@@ -309,7 +309,9 @@ class LongVUModel(LongVUPreTrainedModel):
     def project_frames(self, sva_output: torch.Tensor, size_wh: tuple[int, int], low_res: bool) -> torch.Tensor:
         """Project SVA features to the LLM, unpad and append row newlines; `(frames, tokens, hidden)`.
 
-        With `low_res`, the SVA output is first resized bilinearly (float32, no antialias) to the low-res grid.
+        With `low_res`, the SVA output is first resized bilinearly (float32, no antialias) to the low-res grid. The
+        projector works token by token, so the padding is cut before projecting (the reference projects it too, then
+        drops it).
         """
         frames = sva_output.shape[0]
         side = self.config.query_grid_size
@@ -319,8 +321,8 @@ class LongVUModel(LongVUPreTrainedModel):
             grid = F.interpolate(grid.permute(0, 3, 1, 2).float(), size=(low, low), mode="bilinear", align_corners=False)
             grid = grid.to(sva_output.dtype).permute(0, 2, 3, 1)
             size_wh = C.lowres_original_size(size_wh, side, low)
-        projected = self.multi_modal_projector(grid)
-        return C.add_row_newlines(C.unpad_grid(projected, size_wh), self.image_newline)
+        projected = self.multi_modal_projector(C.unpad_grid(grid, size_wh))
+        return C.add_row_newlines(projected, self.image_newline)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Videos and images
@@ -440,18 +442,20 @@ class LongVUModel(LongVUPreTrainedModel):
         sva = self.aggregate(siglip, dino, size_wh)
 
         mix_res, _ = C.resolution_flags(len(kept), select_budget, full_tokens, low_tokens)
-        high = self.project_frames(sva, size_wh, low_res=False)
         use_low = cfg.highres and mix_res
-        frames = self.project_frames(sva, size_wh, low_res=True) if use_low else high
+        frames = self.project_frames(sva, size_wh, low_res=use_low)
         visual_len = frames.shape[0] * frames.shape[1]
         path, high_positions, force_remove = "none", None, 0
         tokens_per_frame = [frames.shape[1]] * frames.shape[0]
         if use_low and full_tokens > low_tokens:
-            num_high = C.num_high_res_frames(splice_budget, visual_len, high.shape[1], frames.shape[1])
+            high_per_frame = C.tokens_per_unpadded_frame(cfg.query_grid_size, size_wh)
+            num_high = C.num_high_res_frames(splice_budget, visual_len, high_per_frame, frames.shape[1])
             if num_high >= 1:
                 query = self.get_input_embeddings()(prompt["query_ids"].to(self.get_input_embeddings().weight.device))
                 scores = C.query_frame_scores(frames, query.to(frames.device, frames.dtype))
                 high_positions = C.pick_high_res_frames(scores, num_high)
+                # Only the upgraded frames are projected at full resolution.
+                high = self.project_frames(sva[high_positions.to(sva.device)], size_wh, low_res=False)
                 tokens, tokens_per_frame = C.mix_resolutions(high, frames, high_positions)
                 path = "mix"
         if path != "mix":
