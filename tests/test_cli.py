@@ -104,6 +104,25 @@ def test_ask_streams_the_greedy_answer(model_dir, video, loaded):
     assert f"{report['num_visual_tokens']} visual tokens for a budget of {report['budget']}" in done.stderr
 
 
+def test_decoding_bar_counts_the_sampled_frames(loaded, video, monkeypatch):
+    class RecordingBar:
+        def __init__(self, **kwargs):
+            self.total, self.count, self.closed = kwargs.get("total"), 0, False
+
+        def update(self, n=1):
+            self.count += n
+
+        def close(self):
+            self.closed = True
+
+    bars = []
+    monkeypatch.setattr(cli, "_bar", lambda quiet, **kwargs: bars.append(RecordingBar(**kwargs)) or bars[-1])
+    _, processor = loaded
+    inputs, _ = cli.prepare_inputs(processor, Path(video), QUESTION, 2.0, None, quiet=False)
+    assert len(bars) == 1 and bars[0].closed
+    assert bars[0].count == bars[0].total == int(inputs["video_num_frames"].sum()) == 12
+
+
 def test_ask_quiet_prints_only_the_answer(model_dir, video, capsys):
     assert cli.main(["ask", str(video), QUESTION, "--model", str(model_dir), "--max-new-tokens", "3", "-q"]) == 0
     captured = capsys.readouterr()

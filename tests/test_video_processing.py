@@ -253,6 +253,21 @@ def test_batch_of_videos_of_different_lengths(processor, videos):
     assert longer["video_num_frames"].tolist() == [5, 5]
 
 
+def test_frame_progress_reports_every_frame_and_is_removed_afterwards(videos, tmp_path):
+    processor = LongVUVideoProcessor(decode_batch_size=2)
+    reported = []
+    paths = [str(videos["landscape_25"]), str(videos["portrait_2997"])]
+    with processor.frame_progress(reported.append):
+        out = processor(paths, fps=4)
+    assert sum(reported) == int(out["video_num_frames"].sum()) == 21  # 10 + 11 frames
+    assert max(reported) <= 2 and len(reported) >= 10  # batch by batch, not once at the end
+    processor(paths[0])
+    assert sum(reported) == 21  # no callback outside the block
+    processor.save_pretrained(tmp_path)  # nothing of the callback is saved
+    saved = [path.read_text() for path in tmp_path.glob("*.json")]
+    assert saved and not any("progress" in text for text in saved)
+
+
 def test_nothing_is_written_next_to_the_video(processor, tmp_path):
     path = make_video(tmp_path / "clip.mp4", fps=8, num_frames=16)
     before = sorted(os.listdir(tmp_path))

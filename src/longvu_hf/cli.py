@@ -306,30 +306,15 @@ def _count_sampled_frames(video_processor, video: Path, fps: float | None, max_f
 
 @contextlib.contextmanager
 def decoding_progress(video_processor, total: int | None, quiet: bool) -> Iterator[None]:
-    """A bar over the frames the video processor decodes and resizes.
-
-    The processor has no progress option, so this counts the batches its `_fill_outputs` consumes (if the method is
-    renamed, there is simply no bar).
-    """
-    fill = getattr(video_processor, "_fill_outputs", None)
-    if quiet or fill is None:
+    """A bar over the frames the video processor decodes and resizes (its `frame_progress` hook)."""
+    if quiet or not hasattr(video_processor, "frame_progress"):
         yield
         return
     bar = _bar(quiet, total=total, desc="decoding", unit="frame")
-
-    def counted_fill(batches, *args, **kwargs):
-        def counting():
-            for batch in batches:
-                yield batch
-                bar.update(len(batch))
-
-        return fill(counting(), *args, **kwargs)
-
-    video_processor._fill_outputs = counted_fill
     try:
-        yield
+        with video_processor.frame_progress(bar.update):
+            yield
     finally:
-        del video_processor._fill_outputs  # back to the class's method
         bar.close()
 
 

@@ -11,8 +11,9 @@ Decoding is streamed: only the sampled frames are decoded (as far as the codec a
 batch into preallocated outputs, so a one-hour video needs about the size of its outputs in memory, not of its frames.
 """
 
+import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -90,6 +91,13 @@ class LongVUVideoProcessorKwargs(VideosKwargs, total=False):
     video_backend: str | None
     resize_backend: str | None
     decode_batch_size: int | None
+
+
+def _reporting_progress(batches: Iterator[FrameBatch], callback: Callable[[int], None]) -> Iterator[FrameBatch]:
+    """Hands on each batch, then reports its frames once the consumer asks for the next one (i.e. has resized it)."""
+    for batch in batches:
+        yield batch
+        callback(len(batch))
 
 
 def reference_frame_stride(average_fps: float, fps: float) -> int:
@@ -262,6 +270,23 @@ class LongVUVideoProcessor(BaseVideoProcessor):
     def __init__(self, **kwargs: Unpack[LongVUVideoProcessorKwargs]):
         super().__init__(**kwargs)
 
+    @contextlib.contextmanager
+    def frame_progress(self, callback: Callable[[int], None]) -> Iterator[None]:
+        """Within the block, `callback(n)` is called each time `n` more video frames have been decoded and resized.
+
+        Meant for progress bars on long videos, e.g. `with processor.frame_progress(bar.update): processor(path)`.
+        The callback is not part of the processor's configuration (nothing is saved) and is removed on exit.
+        """
+        previous = self.__dict__.get("_frame_progress_callback")
+        self._frame_progress_callback = callback
+        try:
+            yield
+        finally:
+            if previous is None:
+                self.__dict__.pop("_frame_progress_callback", None)
+            else:
+                self._frame_progress_callback = previous
+
     # -- kwargs ------------------------------------------------------------------------------------------------------
 
     def _standardize_kwargs(self, dino_size=None, dino_image_mean=None, dino_image_std=None, **kwargs) -> dict:
@@ -370,6 +395,9 @@ class LongVUVideoProcessor(BaseVideoProcessor):
                 # Decode the next batch while this one is resized; at most 3 batches exist at a time (one being
                 # decoded, one queued, one being resized).
                 batches = prefetch(batches, depth=1)
+            callback = self.__dict__.get("_frame_progress_callback")
+            if callback is not None:
+                batches = _reporting_progress(batches, callback)
             self._fill_outputs(batches, outputs, offset, kwargs)
             offset += len(indices)
 
