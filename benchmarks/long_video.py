@@ -1,7 +1,7 @@
 """Benchmark: time to first token and peak memory versus video length, longvu_hf against the official pipeline.
 
     python benchmarks/long_video.py --device cpu            # 1 and 10 min, reduced depths (see below)
-    python benchmarks/long_video.py --minutes 60            # the hour on CPU (~20 min on 2 cores)
+    python benchmarks/long_video.py --minutes 1 10 30 60    # all four lengths on CPU (~23 min on 2 cores)
     python benchmarks/long_video.py --device cuda           # full depths, bf16 (the goal: 1 h in < 25 s on one H100)
     python benchmarks/long_video.py --quick                 # tiny model, a few seconds (run by the tests)
 
@@ -19,7 +19,7 @@ peak host RSS during the call (sampled every 5 ms), peak device memory (`torch.c
 whether both versions kept the same frames and produced the same first token.
 
 Depths: on CUDA the towers and the LLM have their real depths (27 SigLIP, 40 DINOv2, 28 Qwen2 layers). On CPU they do
-not fit in the time of a benchmark (one DINOv2-giant layer alone costs ~0.4 s per frame on 2 cores), so the CPU
+not fit in the time of a benchmark (one DINOv2-giant layer alone costs 0.14-0.29 s per frame on 2 cores), so the CPU
 default keeps the embeddings of the towers only (0 layers; the tower layers cost the same in both versions) and one
 LLM layer, and records the measured per-frame cost of one tower layer; the JSON says which depths were used.
 """
