@@ -154,7 +154,8 @@ def bench_mixing(grids, newline, query, budget, args, device) -> dict:
     def ours():
         num_high = C.num_high_res_frames(budget, low.shape[0] * low.shape[1], high.shape[1], low.shape[1])
         positions = C.pick_high_res_frames(C.query_frame_scores(low, query), num_high)
-        tokens, _ = C.mix_resolutions(high[positions], low, positions)
+        # In the model only the upgraded frames are projected at full resolution; here they are views of `high`.
+        tokens, _ = C.mix_resolutions([high[i] for i in positions.tolist()], low, positions)
         return tokens, positions
 
     def baseline():

@@ -18,6 +18,7 @@ Steps, in the order the model applies them:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -233,13 +234,14 @@ def pick_high_res_frames(scores: torch.Tensor, num_high: int) -> torch.Tensor:
 
 
 def mix_resolutions(
-    high_res_frames: torch.Tensor, low_res_frames: torch.Tensor, high_positions: torch.Tensor
+    high_res_frames: torch.Tensor | Sequence[torch.Tensor], low_res_frames: torch.Tensor, high_positions: torch.Tensor
 ) -> tuple[torch.Tensor, list[int]]:
     """Concatenate frames in temporal order: full resolution at `high_positions`, low resolution elsewhere.
 
     Args:
-        high_res_frames: `(len(high_positions), high_tokens, dim)`, the full-resolution tokens of the frames at
-            `high_positions`, in that order (only those frames need projecting at full resolution).
+        high_res_frames: `(len(high_positions), high_tokens, dim)` (or a sequence of `(high_tokens, dim)` tensors), the
+            full-resolution tokens of the frames at `high_positions`, in that order (only those frames need
+            projecting at full resolution).
         low_res_frames: `(frames, low_tokens, dim)`, every frame at low resolution.
         high_positions: sorted frame positions, as `pick_high_res_frames` returns them.
 
