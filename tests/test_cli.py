@@ -155,8 +155,8 @@ def test_report_png_and_json_equal_the_model_report(model_dir, video, loaded, wo
     assert report["budget"]["max_context_length"] == 400 and report["answer"] is None
     assert report["random_weights"] is False
     assert frames[8]["time_s"] == pytest.approx(1.0)  # frame 8 of 8-fps sampling
-    image = Image.open(out)
-    assert image.format == "PNG" and image.width == 1280 and image.height > 500
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.width == 1280 and image.height > 500
     # nothing else was left next to the outputs
     assert not [p for p in workdir.iterdir() if p.name.endswith(".part")]
 
@@ -228,7 +228,8 @@ def test_demo_runs_offline(tmp_path):
     # the demo's clip and budget go through DINO selection and query-based mixing
     assert compression["frame_selection_ran"] and compression["path"] == "mix"
     assert 0 < len(compression["high_res_frame_indices"]) < len(compression["kept_frame_indices"])
-    assert Image.open(out).format == "PNG"
+    with Image.open(out) as image:
+        assert image.format == "PNG"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
