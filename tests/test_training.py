@@ -402,7 +402,11 @@ def test_stage1_trains_everything_but_the_towers(stage1_run):
     assert optimized and not any(names[i].startswith(TOWERS) for i in optimized)
     sampler = trainer._get_train_sampler()
     assert isinstance(sampler, LengthGroupedSampler) and sampler.lengths == trainer.train_dataset["length"][:]
-    assert trainer.args.activation_checkpointing and trainer.model.is_gradient_checkpointing
+    # transformers 5.23 renamed the property (the old name warns); 5.18 has only the old one.
+    checkpointing = getattr(type(trainer.model), "is_activation_checkpointing", None)
+    assert trainer.args.activation_checkpointing and (
+        trainer.model.is_activation_checkpointing if checkpointing is not None else trainer.model.is_gradient_checkpointing
+    )
     assert sorted(os.listdir(stage1_run.output)).count("checkpoint-2") == 1
 
 
