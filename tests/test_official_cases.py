@@ -10,6 +10,7 @@ to 1e-4.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -27,19 +28,15 @@ GOLDEN = FIXTURES / "golden"
 CASES = json.loads((CASES_DIR / "cases.json").read_text())
 
 
-def official_checkpoint(spec: dict, folder: Path) -> Path:
-    """The case's checkpoint in the original layout, with the case's config overrides."""
-    source = spec["checkpoint"]
-    if source.startswith("golden:"):
-        original = GOLDEN / source.split(":", 1)[1] / "reference_checkpoint"
-    else:
-        original = CASES_DIR / "checkpoints" / source
-    config = json.loads((original / "config.json").read_text())
-    config.update(spec["config"])
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(config))
-    (folder / "model.safetensors").symlink_to(original / "model.safetensors")
-    return folder
+def _load_generator():
+    """The fixture generator, loaded by path: it holds `checkpoint_with_overrides`, shared with this test."""
+    spec = importlib.util.spec_from_file_location("make_official_cases", CASES_DIR / "make_official_cases.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+checkpoint_with_overrides = _load_generator().checkpoint_with_overrides
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +48,7 @@ def processor():
 def test_matches_official_code(name, processor, tmp_path):
     spec = CASES[name]
     data = load_file(str(CASES_DIR / f"{name}.safetensors"))
-    checkpoint = official_checkpoint(spec, tmp_path / "checkpoint")
+    checkpoint = checkpoint_with_overrides(spec, tmp_path / "checkpoint")
     model = convert_checkpoint(checkpoint, GOLDEN / "towers" / "siglip", GOLDEN / "towers" / "dinov2").eval()
     frames = data["frames_uint8"]
     is_video = spec["kind"] == "video"
