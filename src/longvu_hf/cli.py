@@ -714,7 +714,11 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _add_video_options(parser: argparse.ArgumentParser, with_model: bool = True, max_new_tokens: int = 128) -> None:
+def _add_video_options(
+    parser: argparse.ArgumentParser, with_model: bool = True, max_new_tokens: int = 128, answer_optional: bool = False
+) -> None:
+    """The options shared by `ask`, `report` and `demo`; with `answer_optional`, `--max-new-tokens 0` skips the
+    answer."""
     if with_model:
         parser.add_argument("--model", default=None, help=f"converted LongVU folder or Hub id (default: "
                             f"${DEFAULT_MODEL_ENV} or {DEFAULT_MODEL}, converted on first use)")
@@ -724,10 +728,10 @@ def _add_video_options(parser: argparse.ArgumentParser, with_model: bool = True,
     parser.add_argument("--fps", type=_positive_float, default=1.0, help="frames sampled per second (default 1)")
     parser.add_argument("--max-frames", type=_positive_int, default=None,
                         help="cap on the sampled frames, spread evenly (default: no cap, as the reference)")
-    parser.add_argument("--max-new-tokens", type=_non_negative_int if max_new_tokens == 64 else _positive_int,
+    parser.add_argument("--max-new-tokens", type=_non_negative_int if answer_optional else _positive_int,
                         default=max_new_tokens,
                         help=f"answer length in tokens (default {max_new_tokens}"
-                        + ("; 0: no answer, only the towers and the compression)" if max_new_tokens == 64 else ")"))
+                        + ("; 0: no answer, only the towers and the compression)" if answer_optional else ")"))
     parser.add_argument("--max-visual-tokens", type=int, default=None,
                         help="at most this many visual tokens (default: what the context leaves)")
     parser.add_argument("--max-context-length", type=int, default=None,
@@ -766,7 +770,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="picture + JSON of what the compression did to a video")
     report.add_argument("video", help="video file or folder of frames")
     report.add_argument("question", help="the question (the query decides which frames keep full resolution)")
-    _add_video_options(report, max_new_tokens=64)
+    _add_video_options(report, max_new_tokens=64, answer_optional=True)
     _add_output_options(report, required=True)
     report.set_defaults(handler=cmd_report)
 
