@@ -3,7 +3,9 @@
 Importing the package registers LongVU with the transformers Auto classes.
 """
 
-from transformers import (
+from .transformers_compat import SUPPORTED_TRANSFORMERS  # first: refuses an unsupported transformers in one line
+
+from transformers import (  # noqa: E402
     AutoConfig,
     AutoModel,
     AutoModelForImageTextToText,
@@ -12,7 +14,7 @@ from transformers import (
     AutoVideoProcessor,
 )
 
-from .configuration_longvu import LongVUConfig
+from .configuration_longvu import LongVUConfig  # noqa: E402
 from .modeling import LongVUForConditionalGeneration, LongVUModel, LongVUPreTrainedModel
 from .processing import LongVUProcessor, LongVUVideoProcessor
 

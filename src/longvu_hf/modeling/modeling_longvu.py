@@ -19,10 +19,18 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration_longvu import LongVUConfig
+from ..transformers_compat import (
+    CACHE_NAME,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+    accepts_cache_argument,
+    cache_kwargs,
+    cache_of,
+)
 from . import compression as C
 from .aggregator import LongVUVisionAggregator, window_key_mask
 
@@ -51,9 +59,11 @@ class LongVUVisualFeaturesOutput(BaseModelOutputWithPooling):
 
 
 @dataclass
-class LongVUModelOutputWithPast(BaseModelOutputWithPast):
+class LongVUModelOutputWithPast(MultimodalBaseModelOutputWithPast):
     """
-    Base model output. When the placeholders were expanded, `attention_mask` and `labels` are the expanded ones.
+    Base model output: transformers' multimodal output (`video_outputs`/`image_outputs` hold what
+    `get_video_features`/`get_image_features` returned) plus LongVU's own fields. When the placeholders were expanded,
+    `attention_mask` and `labels` are the expanded ones.
 
     compression (`list[dict]`): one report per video.
     """
@@ -65,19 +75,15 @@ class LongVUModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class LongVUCausalLMOutputWithPast(ModelOutput):
+class LongVUCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     """
-    Output of `LongVUForConditionalGeneration.forward`; `logits` cover the expanded sequence.
+    Output of `LongVUForConditionalGeneration.forward`: transformers' multimodal causal-LM output plus LongVU's own
+    fields; `logits` cover the expanded sequence.
 
     compression (`list[dict]`): one report per video: `num_input_frames`, `kept_frame_indices`,
         `high_res_frame_indices`, `tokens_per_frame`, `path` ("none" | "mix" | "stc"), `num_visual_tokens`, `budget`.
     """
 
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor] | None = None
-    attentions: tuple[torch.Tensor] | None = None
     attention_mask: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     compression: list[dict] | None = None
@@ -141,7 +147,7 @@ class LongVUPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "video", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["LongVUAggregatorLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -591,12 +597,13 @@ class LongVUModel(LongVUPreTrainedModel):
         return outputs
 
     @can_return_tuple
+    @accepts_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
@@ -661,16 +668,18 @@ class LongVUModel(LongVUPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **cache_kwargs(cache),
             **kwargs,
         )
         return LongVUModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=image,
+            video_outputs=video,
+            **cache_kwargs(cache_of(outputs)),
             attention_mask=attention_mask,
             labels=labels,
             compression=video.compression if video is not None else None,
@@ -722,12 +731,13 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         return self.model.get_image_features(*args, **kwargs)
 
     @can_return_tuple
+    @accepts_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
@@ -747,7 +757,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             labels=labels,
             pixel_values=pixel_values,
@@ -774,9 +784,11 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         return LongVUCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
+            video_outputs=outputs.video_outputs,
+            **cache_kwargs(cache_of(outputs)),
             attention_mask=outputs.attention_mask,
             labels=labels,
             compression=outputs.compression,
