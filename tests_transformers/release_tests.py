@@ -1,0 +1,119 @@
+"""Import transformers' own common test mixins from the installed release's source distribution.
+
+transformers ships its model test mixins (`tests/test_modeling_common.py`, `test_processing_common.py`,
+`test_video_processing_common.py`, `test_configuration_common.py`) in the source distribution on PyPI, not in the
+wheel. `prepare()` puts the tests of the *installed* release into a cache folder as the importable package
+`transformers_release_tests` (downloading the sdist with pip when needed), so that our testers import the very mixins
+a transformers model of that release must pass. Nothing from transformers' tests is kept in this repository.
+
+The sdist lacks four files its mixins import: `generation/test_utils.py` (`GenerationTesterMixin`),
+`exporters/test_export.py` (`ExportTesterMixin`), `utils/test_configuration_utils.py` (`config_common_kwargs`) and the
+repository's `utils/fetch_hub_objects_for_ci.py`. Point `TRANSFORMERS_REPO_DIR` at a transformers git checkout to use
+the real ones; without it, `GENERATION_MIXIN_AVAILABLE` is False and the generation tests are reported as not run,
+the export mixin is empty (LongVU cannot be exported: `_can_compile_fullgraph = False`), `config_common_kwargs` is
+built from `PreTrainedConfig()`'s own attributes, and URLs are left as they are (the tests run offline anyway).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import transformers
+
+PACKAGE = "transformers_release_tests"
+CACHE_ROOT = Path(os.environ.get("TRANSFORMERS_TESTS_CACHE", Path(__file__).resolve().parents[1] / ".cache" / "transformers-tests"))
+MISSING_FROM_SDIST = {
+    "generation/test_utils.py": "GenerationTesterMixin",
+    "exporters/test_export.py": "ExportTesterMixin",
+    "utils/test_configuration_utils.py": "config_common_kwargs",
+}
+
+STAND_INS = {
+    "generation/test_utils.py": (
+        "# Stand-in: the PyPI sdist has no tests/generation/test_utils.py (set TRANSFORMERS_REPO_DIR for the real one).\n"
+        "GENERATION_MIXIN_AVAILABLE = False\n\n\n"
+        "class GenerationTesterMixin:\n"
+        "    all_generative_model_classes = ()\n"
+    ),
+    "exporters/test_export.py": (
+        "# Stand-in: the PyPI sdist has no tests/exporters/test_export.py (set TRANSFORMERS_REPO_DIR for the real one).\n"
+        "class ExportTesterMixin:\n"
+        "    pass\n"
+    ),
+    "utils/test_configuration_utils.py": (
+        "# Stand-in: the PyPI sdist has no tests/utils/test_configuration_utils.py; every attribute of a default\n"
+        "# PreTrainedConfig, each with a value other than its default where that is unambiguous.\n"
+        "from transformers import PreTrainedConfig\n\n"
+        "def _changed(value):\n"
+        "    if isinstance(value, bool):\n"
+        "        return not value\n"
+        "    if isinstance(value, int):\n"
+        "        return value + 1\n"
+        "    return value\n\n"
+        "config_common_kwargs = {\n"
+        "    key: _changed(value) for key, value in PreTrainedConfig().to_dict().items()\n"
+        "    if isinstance(value, (bool, int)) and not key.startswith('_')\n"
+        "}\n"
+    ),
+}
+
+
+def _release_dir() -> Path:
+    return CACHE_ROOT / transformers.__version__
+
+
+def _download_sdist_tests(target: Path) -> None:
+    """`pip download transformers==<installed> --no-binary :all: --no-deps`, then keep its `tests/` folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", f"transformers=={transformers.__version__}",
+             "--no-binary", ":all:", "--no-deps", "-d", tmp],
+            check=True,
+        )
+        (archive,) = Path(tmp).glob("transformers-*.tar.gz")
+        with tarfile.open(archive) as tar:
+            members = [m for m in tar.getmembers() if "/tests/" in m.name and m.name.split("/tests/", 1)[1]]
+            for member in members:
+                member.name = member.name.split("/tests/", 1)[1]
+            tar.extractall(target, members=members, filter="data")
+
+
+def prepare() -> Path:
+    """Make `transformers_release_tests` importable for the installed release; returns the package folder."""
+    root = _release_dir()
+    package = root / PACKAGE
+    if not (package / "test_modeling_common.py").exists():
+        staging = root / "staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        _download_sdist_tests(staging)
+        shutil.rmtree(package, ignore_errors=True)
+        staging.rename(package)
+    repo = os.environ.get("TRANSFORMERS_REPO_DIR")
+    for relative, stand_in in STAND_INS.items():
+        path = package / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / "__init__.py").touch()
+        real = Path(repo) / "tests" / relative if repo else None
+        if real is not None and real.exists():
+            marker = "\nGENERATION_MIXIN_AVAILABLE = True\n" if relative.startswith("generation/") else ""
+            path.write_text(real.read_text() + marker)
+        else:
+            path.write_text(stand_in)
+    (package / "__init__.py").touch()
+    (package / "utils" / "__init__.py").touch()
+    fetch = root / "fetch_hub_objects_for_ci.py"
+    real_fetch = Path(repo) / "utils" / "fetch_hub_objects_for_ci.py" if repo else None
+    if real_fetch is not None and real_fetch.exists():
+        shutil.copyfile(real_fetch, fetch)
+    else:
+        fetch.write_text("def url_to_local_path(url, return_url_if_not_found=True):\n    return url\n")
+    for path in (str(root),):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    return package
