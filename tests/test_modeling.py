@@ -323,8 +323,26 @@ def test_bad_inputs_raise_clear_errors(model):
         model(input_ids=torch.tensor([[5, V, 7]]), **{**inputs, "pixel_values_videos_dino": None})
     with pytest.raises(ValueError, match="leaves no room"):
         model(input_ids=torch.full((1, 1100), 5).index_fill(1, torch.tensor([3]), V), **inputs)
-    with pytest.raises(ValueError, match="input_ids"):
-        model.model.get_video_features(inputs["pixel_values_videos"], inputs["pixel_values_videos_dino"])
+
+
+def test_video_features_without_a_prompt_get_the_whole_context(model):
+    """Called alone (as transformers' `get_video_features` contract allows), a video gets the whole context as its
+    budget, and the SigLIP tower's outputs come with the compressed features."""
+    inputs = random_video_inputs(3)
+    out = model.model.get_video_features(
+        inputs["pixel_values_videos"], inputs["pixel_values_videos_dino"], output_hidden_states=True
+    )
+    config = model.config
+    assert out.compression[0]["budget"] == config.max_context_length - config.context_margin
+    kept = len(out.compression[0]["kept_frame_indices"])
+    patches = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    assert out.last_hidden_state.shape == (kept, patches, config.vision_config.hidden_size)
+    assert len(out.hidden_states) == config.vision_config.num_hidden_layers + 1
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
+    with_prompt = model.model.get_video_features(
+        inputs["pixel_values_videos"], inputs["pixel_values_videos_dino"], prompt_input_ids=torch.tensor([[5, V, 7]])
+    )
+    assert with_prompt.compression[0]["budget"] == config.max_context_length - config.context_margin - 2
 
 
 def test_text_only_forward_and_generate(model):

@@ -34,6 +34,8 @@ from longvu_hf.training import (
     IGNORE_INDEX,
     LongVUDataCollator,
     LongVUTrainer,
+    apply_lora,
+    freeze_vision_towers,
     init_model_from_parts,
     load_conversation_dataset,
     load_trained_model,
@@ -491,6 +493,93 @@ def test_stage2_on_videos_skips_bad_media_and_the_result_generates(stage1_run, w
                                            return_tensors="pt")
     generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Activation checkpointing
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def enable_activation_checkpointing(model, use_reentrant: bool) -> None:
+    """transformers 5.23 renamed `gradient_checkpointing_enable` (the old name warns); 5.18 has only the old one."""
+    kwargs = {"use_reentrant": use_reentrant}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    layers = [m for m in model.modules() if type(m).__name__ == "LongVUAggregatorLayer"]
+    assert layers and all(layer.gradient_checkpointing for layer in layers)
+    assert all(layer._gradient_checkpointing_func.keywords["use_reentrant"] is use_reentrant for layer in layers)
+
+
+def checkpointing_batch(workspace) -> dict:
+    """A video row (144-query SVA with window position embeddings) and an image row, labelled by the collator."""
+    collator = LongVUDataCollator(workspace.processor, media_root=str(workspace.media))
+    return collator([normalize_record({"video": "clip_a.mp4", "conversations": conversation("<video>")}),
+                     normalize_record({"image": "photo.png", "conversations": conversation("<image>", "yes it is")})])
+
+
+def trainable_gradients(model, batch) -> dict[str, torch.Tensor]:
+    """One training-mode forward with labels and `loss.backward()`; the gradients of every trainable parameter."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    model(**batch).loss.backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    missing = [name for name, grad in grads.items() if grad is None]
+    assert not missing, f"trainable parameters without a gradient: {missing[:5]}"
+    towers = [(name, p) for name, p in model.named_parameters() if ".vision_tower." in name or ".dino_tower." in name]
+    assert towers and all(not p.requires_grad and p.grad is None for _, p in towers), "a frozen tower got a gradient"
+    return {name: grad.clone() for name, grad in grads.items()}
+
+
+def assert_same_gradients(actual: dict, expected: dict) -> None:
+    assert actual.keys() == expected.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(actual[name], grad, rtol=1e-5, atol=1e-7, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False], ids=["reentrant", "non_reentrant"])
+def test_activation_checkpointing_gives_the_same_gradients(workspace, use_reentrant):
+    """Checkpointed training (the SVA layers and the decoder layers) gives every trainable parameter (aggregator and
+    its window position embeddings, projector, LLM) the gradient it gets without checkpointing. `use_reentrant=True`
+    (PEFT's `prepare_model_for_kbit_training` default) once failed in the SVA with "Trying to backward through the
+    graph a second time": its layers received the encoder windows in a list, outside the checkpoint's inputs."""
+    model = make_tiny_model(tokenizer=workspace.processor.tokenizer)
+    freeze_vision_towers(model)
+    assert any(".pos_embeds." in name for name, _ in model.named_parameters())
+    batch = checkpointing_batch(workspace)
+    expected = trainable_gradients(model, batch)
+    assert any(name.startswith("model.vision_aggregator.") for name in expected)
+    enable_activation_checkpointing(model, use_reentrant)
+    assert_same_gradients(trainable_gradients(model, batch), expected)
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # PEFT reads it
+@pytest.mark.parametrize("use_reentrant", [True, False], ids=["reentrant", "non_reentrant"])
+def test_activation_checkpointing_with_peft_kbit_preparation_and_lora(workspace, use_reentrant):
+    """QLoRA's preparation on CPU: PEFT's `prepare_model_for_kbit_training` (which, for a float model, only freezes
+    everything), the input-gradient hooks and the checkpointing it enables for a quantised one, then LoRA on the LLM
+    with the aggregator and the projector trained in full; the gradients match a run without checkpointing."""
+    from peft import prepare_model_for_kbit_training
+
+    def build():
+        model = prepare_model_for_kbit_training(make_tiny_model(tokenizer=workspace.processor.tokenizer))
+        assert not any(p.requires_grad for p in model.parameters())
+        model = apply_lora(model, r=4, lora_alpha=8, lora_dropout=0.0)
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:  # LoRA B starts at zero, which would leave every LoRA A gradient at zero
+                torch.nn.init.normal_(param, std=0.02, generator=torch.Generator().manual_seed(len(name)))
+        return model
+
+    batch = checkpointing_batch(workspace)
+    expected = trainable_gradients(build(), batch)
+    assert any(".lora_A." in name for name in expected) and any(".modules_to_save." in name for name in expected)
+    model = build()
+    # What `prepare_model_for_kbit_training` adds for a quantised model, where `use_reentrant` defaults to True.
+    model.enable_input_require_grads()
+    enable_activation_checkpointing(model, use_reentrant)
+    assert_same_gradients(trainable_gradients(model, batch), expected)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

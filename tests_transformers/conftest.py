@@ -21,3 +21,10 @@ for path in (_HERE, _HERE.parent / "src", _HERE.parent / "tests"):
 from release_tests import prepare  # noqa: E402
 
 prepare()
+
+
+def pytest_configure(config):
+    # Marks transformers' mixins use (their own pytest configuration registers them in the transformers repository).
+    for mark in ("flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test", "generate",
+                 "is_training_test", "is_pipeline_test", "is_staging_test", "not_device_test", "bitsandbytes"):
+        config.addinivalue_line("markers", f"{mark}: used by transformers' common tests")

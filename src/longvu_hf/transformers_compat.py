@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from dataclasses import dataclass
 
 import transformers
@@ -73,8 +74,9 @@ def accepts_cache_argument(forward):
     """Decorate a `forward(self, ..., cache=None, ...)` written with the newest name.
 
     On releases that call it `past_key_values`, the signature shown to transformers (generation inspects it) and to
-    users says `past_key_values`; on every release, the other spellings are accepted, as transformers' own models
-    accept them, and one value under two names is refused.
+    users says `past_key_values`; on every release, the other spellings are accepted as transformers' own models
+    accept them (with a deprecation warning where the installed release has renamed them), and one value under two
+    names is refused.
     """
     signature = inspect.signature(forward)
     if "cache" not in signature.parameters:
@@ -85,6 +87,12 @@ def accepts_cache_argument(forward):
         for legacy in LEGACY_CACHE_NAMES:
             if legacy in kwargs:
                 value = kwargs.pop(legacy)
+                if CACHE_NAME == "cache":
+                    warnings.warn(
+                        f"`{legacy}` is deprecated for `{forward.__qualname__}`; use `cache` instead",
+                        FutureWarning,
+                        stacklevel=2,
+                    )
                 if kwargs.get("cache") is not None and value is not None:
                     raise ValueError(f"Pass the key-value cache once, as `{CACHE_NAME}`, not also as `{legacy}`")
                 if value is not None or "cache" not in kwargs:

@@ -101,7 +101,16 @@ class LongVUMultiKVCrossAttention(nn.Module):
 
 
 class LongVUAggregatorLayer(GradientCheckpointingLayer):
-    """One SVA layer (`VisionCrossAttentionLayer` in the reference)."""
+    """One SVA layer (`VisionCrossAttentionLayer` in the reference).
+
+    Every tensor that can carry gradients (`queries`, `context`, and each encoder's windows) is a positional argument:
+    under gradient checkpointing only positional tensors are the checkpoint's inputs. With `use_reentrant=True` (the
+    default of PEFT's `prepare_model_for_kbit_training`), a tensor hidden in a list or a keyword argument is neither
+    detached for the recompute nor given a gradient at the boundary; the recompute's backward would instead run
+    straight into the graph outside the layer (the encoder projections, shared by all layers) and free it, so the next
+    layer's backward fails with "Trying to backward through the graph a second time". The mask needs no gradient and
+    is a keyword argument.
+    """
 
     def __init__(self, config: LongVUConfig, num_encoders: int = 2):
         super().__init__()
@@ -122,10 +131,17 @@ class LongVUAggregatorLayer(GradientCheckpointingLayer):
         self,
         queries: torch.Tensor,
         context: torch.Tensor,
-        encoder_windows: list[torch.Tensor],
+        *encoder_windows: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
+        """
+        Args:
+            queries: `(frames * num_queries, 1, width)`, one query per window.
+            context: `(frames * num_queries, 1, width)`, the frame's global context for each query.
+            encoder_windows: one `(frames * num_queries, window**2, width)` tensor per encoder (SigLIP, DINOv2).
+            attention_mask: additive `(frames * num_queries, 1, 1, num_encoders * window**2)` key mask.
+        """
         residual = queries
         hidden = self.proj_in(torch.cat([queries, self.proj_context(context)], dim=-1))
         if len(self.pos_embeds):
@@ -187,5 +203,5 @@ class LongVUVisionAggregator(nn.Module):
         additive_mask = additive_mask.masked_fill(~key_mask, torch.finfo(dtype).min)
         additive_mask = additive_mask.repeat(frames, 1).view(frames * num_queries, 1, 1, -1)
         for layer in self.layers:
-            queries = layer(queries, context, windows, additive_mask)
+            queries = layer(queries, context, *windows, attention_mask=additive_mask)
         return queries.view(frames, num_queries, -1)

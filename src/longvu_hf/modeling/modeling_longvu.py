@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import math
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,7 @@ from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 
 from ..configuration_longvu import LongVUConfig
@@ -45,17 +46,45 @@ VISUAL_INPUT_NAMES = (
 )
 
 
+class CompressionReports(Sequence):
+    """The compression report of each video (or image) of a call, in placeholder order: read-only dicts.
+
+    A sequence of its own rather than a list, so that transformers handles it as metadata (as it does a cache) and
+    never as tensors to compare or move.
+    """
+
+    def __init__(self, reports):
+        self._reports = tuple(reports)
+
+    def __getitem__(self, index):
+        return self._reports[index]
+
+    def __len__(self) -> int:
+        return len(self._reports)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and not isinstance(other, str) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"CompressionReports({list(self._reports)!r})"
+
+
 @dataclass
 class LongVUVisualFeaturesOutput(BaseModelOutputWithPooling):
     """
     Output of `get_video_features` / `get_image_features`.
 
+    last_hidden_state (`torch.Tensor` of shape `(frames, patches, vision_hidden_size)`): the SigLIP tower's last layer
+        (before `post_layernorm`, what LongVU aggregates) on the frames that were encoded: the kept frames of every
+        video in order (or every image).
+    hidden_states, attentions: the SigLIP tower's, on the same frames, when `output_hidden_states` /
+        `output_attentions` is set.
     pooler_output (`list[torch.Tensor]`): one `(num_tokens_i, hidden_size)` tensor per video (or image), compressed and
         ready to replace that item's placeholder.
-    compression (`list[dict]`): one report per item (see `LongVUModel.get_video_features`).
+    compression (`CompressionReports`): one report per item (see `LongVUModel.get_video_features`).
     """
 
-    compression: list[dict] | None = None
+    compression: CompressionReports | None = None
 
 
 @dataclass
@@ -70,8 +99,8 @@ class LongVUModelOutputWithPast(MultimodalBaseModelOutputWithPast):
 
     attention_mask: torch.Tensor | None = None
     labels: torch.Tensor | None = None
-    compression: list[dict] | None = None
-    image_compression: list[dict] | None = None
+    compression: CompressionReports | None = None
+    image_compression: CompressionReports | None = None
 
 
 @dataclass
@@ -80,14 +109,14 @@ class LongVUCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     Output of `LongVUForConditionalGeneration.forward`: transformers' multimodal causal-LM output plus LongVU's own
     fields; `logits` cover the expanded sequence.
 
-    compression (`list[dict]`): one report per video: `num_input_frames`, `kept_frame_indices`,
+    compression (`CompressionReports`): one report per video: `num_input_frames`, `kept_frame_indices`,
         `high_res_frame_indices`, `tokens_per_frame`, `path` ("none" | "mix" | "stc"), `num_visual_tokens`, `budget`.
     """
 
     attention_mask: torch.Tensor | None = None
     labels: torch.Tensor | None = None
-    compression: list[dict] | None = None
-    image_compression: list[dict] | None = None
+    compression: CompressionReports | None = None
+    image_compression: CompressionReports | None = None
 
 
 def reference_dino_position_interpolation(config: LongVUConfig, embeddings: nn.Module, patch_embeds, height, width):
@@ -224,8 +253,16 @@ class LongVUModel(LongVUPreTrainedModel):
 
     def siglip_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """SigLIP features of the last encoder layer (before `post_layernorm`), resized to the 24x24 grid."""
+        return self.encode_siglip(pixels)[0]
+
+    def encode_siglip(
+        self, pixels: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, BaseModelOutput]:
+        """SigLIP on `pixels` in chunks: the features resized to the 24x24 grid, and the tower's output, whose
+        `last_hidden_state` is the last encoder layer (before `post_layernorm`, what LongVU aggregates) on the tower's
+        own patch grid, with `hidden_states`/`attentions` of every layer when asked for."""
         tower = self.vision_tower
-        outputs = []
+        last, grids, hidden_states, attentions = [], [], [], []
         for start in range(0, len(pixels), self.config.vision_chunk_size):
             chunk = self._normalize(
                 pixels[start : start + self.config.vision_chunk_size],
@@ -234,9 +271,23 @@ class LongVUModel(LongVUPreTrainedModel):
                 tower.device,
                 tower.dtype,
             )
-            hidden = tower.encoder(inputs_embeds=tower.embeddings(chunk)).last_hidden_state
-            outputs.append(resize_feature_grid(hidden, self.config.encoder_grid_size))
-        return torch.cat(outputs)
+            if output_hidden_states or output_attentions:
+                out = tower(
+                    pixel_values=chunk, output_hidden_states=True, output_attentions=output_attentions, return_dict=True
+                )
+                hidden = out.hidden_states[-1]  # the last layer before `post_layernorm`
+                hidden_states.append(out.hidden_states if output_hidden_states else None)
+                attentions.append(out.attentions)
+            else:
+                hidden = tower.encoder(inputs_embeds=tower.embeddings(chunk)).last_hidden_state
+            last.append(hidden)
+            grids.append(resize_feature_grid(hidden, self.config.encoder_grid_size))
+        output = BaseModelOutput(
+            last_hidden_state=torch.cat(last),
+            hidden_states=tuple(map(torch.cat, zip(*hidden_states))) if output_hidden_states else None,
+            attentions=tuple(map(torch.cat, zip(*attentions))) if output_attentions else None,
+        )
+        return torch.cat(grids), output
 
     def dino_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """DINOv2 features after the final LayerNorm, CLS dropped, resized to the 24x24 grid."""
@@ -334,26 +385,50 @@ class LongVUModel(LongVUPreTrainedModel):
     # Videos and images
     # ---------------------------------------------------------------------------------------------------------------
 
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None, token_id: int
+    ) -> torch.BoolTensor:
+        """Where `token_id` sits, from `input_ids`, or (as LLaVA does) where `inputs_embeds` equals its embedding."""
+        if input_ids is not None:
+            return input_ids == token_id
+        embedding = self.get_input_embeddings()
+        if not 0 <= token_id < embedding.num_embeddings:
+            return torch.zeros(inputs_embeds.shape[:-1], dtype=torch.bool, device=inputs_embeds.device)
+        placeholder = embedding(torch.tensor(token_id, device=embedding.weight.device))
+        return (inputs_embeds == placeholder.to(inputs_embeds.device, inputs_embeds.dtype)).all(-1)
+
     def _prompt_layout(
-        self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, token_id: int, count: int, name: str
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        token_id: int,
+        count: int,
+        name: str,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> list[dict]:
         """For each of `count` visual items (in placeholder order): its sample's real text length (placeholders
-        included), the number of visual items sharing that sample, and the ids after the sample's last placeholder."""
-        if input_ids is None:
-            raise ValueError(f"The prompt's `input_ids` are needed with `{name}`: LongVU's token budget depends on the prompt")
-        visual_ids = [self.config.video_token_id, self.config.image_token_id]
+        included), the number of visual items sharing that sample, and the input embeddings of the text after the
+        sample's last placeholder (the query of resolution mixing). The prompt comes as `input_ids` or
+        `inputs_embeds`; without either, each item is its own sample with no text (the budget is the whole context)."""
+        if input_ids is None and inputs_embeds is None:
+            return [{"text_len": 1, "num_visual": 1, "query": None} for _ in range(count)]
+        masks = {
+            kind: self.get_placeholder_mask(input_ids, inputs_embeds, kind_id)
+            for kind, kind_id in (("video", self.config.video_token_id), ("image", self.config.image_token_id))
+        }
+        wanted = masks["video" if token_id == self.config.video_token_id else "image"]
         layout = []
-        for row in range(input_ids.shape[0]):
-            ids = input_ids[row]
-            if attention_mask is not None:
-                ids = ids[attention_mask[row].bool()]
-            is_visual = torch.isin(ids, torch.tensor(visual_ids, device=ids.device))
-            positions = torch.where(is_visual)[0]
-            query_ids = ids[positions[-1] + 1 :] if len(positions) else ids
-            for _ in range(int((ids == token_id).sum())):
-                layout.append(
-                    {"text_len": len(ids), "num_visual": len(positions), "query_ids": query_ids, "row": row}
-                )
+        for row in range(wanted.shape[0]):
+            real = attention_mask[row].bool() if attention_mask is not None else torch.ones_like(wanted[row])
+            positions = torch.where((masks["video"][row] | masks["image"][row])[real])[0]
+            query_start = int(positions[-1]) + 1 if len(positions) else 0
+            if inputs_embeds is not None:
+                query = inputs_embeds[row][real][query_start:]
+            else:
+                ids = input_ids[row][real][query_start:]
+                query = self.get_input_embeddings()(ids.to(self.get_input_embeddings().weight.device))
+            for _ in range(int(wanted[row][real].sum())):
+                layout.append({"text_len": int(real.sum()), "num_visual": len(positions), "query": query})
         if len(layout) != count:
             raise ValueError(
                 f"The prompt holds {len(layout)} placeholder token(s) (id {token_id}) but {count} "
@@ -381,25 +456,49 @@ class LongVUModel(LongVUPreTrainedModel):
         self._check_pixels(pixel_values_videos_dino, self.config.dino_image_size, "pixel_values_videos_dino")
         return list(pixel_values_videos.split(counts)), list(pixel_values_videos_dino.split(counts))
 
+    def _tower_output_flags(self, kwargs: dict) -> tuple[bool, bool]:
+        """`output_hidden_states`/`output_attentions` for the SigLIP tower: the call's, else the tower config's."""
+        vision = self.config.vision_config
+        hidden = kwargs.get("output_hidden_states")
+        attentions = kwargs.get("output_attentions")
+        hidden = vision.output_hidden_states or self.config.output_hidden_states if hidden is None else hidden
+        attentions = vision.output_attentions or self.config.output_attentions if attentions is None else attentions
+        return bool(hidden), bool(attentions)
+
+    @staticmethod
+    def _join_tower_outputs(outputs: list[BaseModelOutput]) -> dict:
+        """Concatenate the per-video tower outputs along the frame dimension."""
+        def join(values):
+            return tuple(map(torch.cat, zip(*values))) if values and values[0] is not None else None
+
+        return {
+            "last_hidden_state": torch.cat([o.last_hidden_state for o in outputs]) if outputs else None,
+            "hidden_states": join([o.hidden_states for o in outputs]),
+            "attentions": join([o.attentions for o in outputs]),
+        }
+
     @can_return_tuple
     def get_video_features(
         self,
         pixel_values_videos: torch.Tensor,
-        pixel_values_videos_dino: torch.Tensor,
+        pixel_values_videos_dino: torch.Tensor | None = None,
         video_num_frames: torch.Tensor | None = None,
         video_sizes: torch.Tensor | None = None,
         prompt_input_ids: torch.LongTensor | None = None,
         prompt_attention_mask: torch.Tensor | None = None,
         max_visual_tokens: int | None = None,
+        prompt_inputs_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> LongVUVisualFeaturesOutput:
         """Encode and compress every video; `pooler_output` holds one `(tokens_i, hidden)` tensor per video.
 
-        The token budget of each video is computed from its own sample's prompt (`prompt_input_ids`, with one
-        placeholder per video, and `prompt_attention_mask`), as the reference does for batch item 0 (REFERENCE.md
-        §3-5). A sample with several visual items splits its budget equally among them. `compression` holds one report
-        per video. (The prompt arguments are not named `input_ids`/`attention_mask` because `generate` hands every
-        model kwarg matching this signature to the encoder and then drops it.)
+        The token budget of each video is computed from its own sample's prompt (`prompt_input_ids` with one
+        placeholder per video and `prompt_attention_mask`, or `prompt_inputs_embeds`), as the reference does for batch
+        item 0 (REFERENCE.md §3-5); without a prompt, each video has the whole context and no query (the earliest
+        frames keep full resolution when mixing). A sample with several visual items splits its budget equally among
+        them. `compression` holds one report per video. (The prompt arguments are not named `input_ids`/
+        `attention_mask` because `generate` hands every model kwarg matching this signature to the encoder and then
+        drops it.)
 
         `max_visual_tokens` caps each video's tokens for this call: frame selection, resolution mixing and STC then
         work as if the context left exactly that many tokens (default: whatever `max_context_length` leaves).
@@ -410,18 +509,28 @@ class LongVUModel(LongVUPreTrainedModel):
             raise ValueError("`pixel_values_videos_dino` is required with `pixel_values_videos`")
         videos, videos_dino = self._split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames)
         layout = self._prompt_layout(
-            prompt_input_ids, prompt_attention_mask, self.config.video_token_id, len(videos), "pixel_values_videos"
+            prompt_input_ids, prompt_attention_mask, self.config.video_token_id, len(videos), "pixel_values_videos",
+            inputs_embeds=prompt_inputs_embeds,
         )
         if video_sizes is None:
             video_sizes = torch.tensor([[v.shape[-2], v.shape[-1]] for v in videos])
-        features, reports = [], []
+        output_hidden_states, output_attentions = self._tower_output_flags(kwargs)
+        features, reports, tower_outputs = [], [], []
         for video, video_dino, size_hw, prompt in zip(videos, videos_dino, video_sizes.tolist(), layout):
-            tokens, report = self._encode_video(video, video_dino, tuple(size_hw), prompt, max_visual_tokens)
+            tokens, report, tower_output = self._encode_video(
+                video, video_dino, tuple(size_hw), prompt, max_visual_tokens, output_hidden_states, output_attentions
+            )
             features.append(tokens)
             reports.append(report)
-        return LongVUVisualFeaturesOutput(pooler_output=features, compression=reports)
+            tower_outputs.append(tower_output)
+        return LongVUVisualFeaturesOutput(
+            pooler_output=features, compression=CompressionReports(reports), **self._join_tower_outputs(tower_outputs)
+        )
 
-    def _encode_video(self, video, video_dino, size_hw, prompt, max_visual_tokens=None) -> tuple[torch.Tensor, dict]:
+    def _encode_video(
+        self, video, video_dino, size_hw, prompt, max_visual_tokens=None, output_hidden_states=False,
+        output_attentions=False,
+    ) -> tuple[torch.Tensor, dict, BaseModelOutput]:
         cfg = self.config
         num_frames = len(video)
         full_tokens, low_tokens = cfg.num_queries, cfg.lowres_grid_size**2
@@ -443,7 +552,7 @@ class LongVUModel(LongVUPreTrainedModel):
         kept, dino, selection_ran = self.select_video_frames(
             video_dino, C.frame_budget(select_budget, selection_tokens)
         )
-        siglip = self.siglip_features(video[kept.to(video.device)])
+        siglip, tower_output = self.encode_siglip(video[kept.to(video.device)], output_hidden_states, output_attentions)
         size_wh = self._size_as_reference_reads_it(size_hw, is_video=True)
         sva = self.aggregate(siglip, dino, size_wh)
 
@@ -457,9 +566,12 @@ class LongVUModel(LongVUPreTrainedModel):
             high_per_frame = C.tokens_per_unpadded_frame(cfg.query_grid_size, size_wh)
             num_high = C.num_high_res_frames(splice_budget, visual_len, high_per_frame, frames.shape[1])
             if num_high >= 1:
-                query = self.get_input_embeddings()(prompt["query_ids"].to(self.get_input_embeddings().weight.device))
-                scores = C.query_frame_scores(frames, query.to(frames.device, frames.dtype))
-                high_positions = C.pick_high_res_frames(scores, num_high)
+                query = prompt["query"]
+                if query is None or len(query) == 0:  # no text to rank frames by: the earliest keep full resolution
+                    high_positions = torch.arange(min(num_high, frames.shape[0]))
+                else:
+                    scores = C.query_frame_scores(frames, query.to(frames.device, frames.dtype))
+                    high_positions = C.pick_high_res_frames(scores, num_high)
                 # Only the upgraded frames are projected at full resolution.
                 high = self.project_frames(sva[high_positions.to(sva.device)], size_wh, low_res=False)
                 tokens, tokens_per_frame = C.mix_resolutions(high, frames, high_positions)
@@ -487,13 +599,13 @@ class LongVUModel(LongVUPreTrainedModel):
             "budget": int(splice_budget),
             "stc_force_remove": int(force_remove),
         }
-        return tokens, report
+        return tokens, report, tower_output
 
     @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
-        pixel_values_dino: torch.Tensor,
+        pixel_values_dino: torch.Tensor | None = None,
         image_sizes: torch.Tensor | None = None,
         **kwargs,
     ) -> LongVUVisualFeaturesOutput:
@@ -507,7 +619,8 @@ class LongVUModel(LongVUPreTrainedModel):
             raise ValueError("`pixel_values` and `pixel_values_dino` must hold the same number of images")
         if image_sizes is None:
             image_sizes = torch.tensor([[pixel_values.shape[-2], pixel_values.shape[-1]]] * len(pixel_values))
-        siglip, dino = self.siglip_features(pixel_values), self.dino_features(pixel_values_dino)
+        siglip, tower_output = self.encode_siglip(pixel_values, *self._tower_output_flags(kwargs))
+        dino = self.dino_features(pixel_values_dino)
         features, reports = [], []
         for i, size_hw in enumerate(image_sizes.tolist()):
             size_wh = self._size_as_reference_reads_it(tuple(size_hw), is_video=False)
@@ -515,7 +628,9 @@ class LongVUModel(LongVUPreTrainedModel):
             tokens = self.project_frames(sva, size_wh, low_res=self.config.highres)[0]
             features.append(tokens)
             reports.append({"num_visual_tokens": int(tokens.shape[0]), "low_res": bool(self.config.highres)})
-        return LongVUVisualFeaturesOutput(pooler_output=features, compression=reports)
+        return LongVUVisualFeaturesOutput(
+            pooler_output=features, compression=CompressionReports(reports), **self._join_tower_outputs([tower_output])
+        )
 
     # ---------------------------------------------------------------------------------------------------------------
     # Placeholder expansion
@@ -523,7 +638,7 @@ class LongVUModel(LongVUPreTrainedModel):
 
     def expand_placeholders(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None,
         attention_mask: torch.Tensor | None,
         labels: torch.LongTensor | None,
         video_token_counts: list[int],
@@ -531,27 +646,58 @@ class LongVUModel(LongVUPreTrainedModel):
     ) -> tuple[torch.LongTensor, torch.Tensor, torch.LongTensor | None]:
         """Repeat each video/image placeholder to its token count (labels -100 there) and re-pad on the input's side.
 
-        Counts are given in placeholder order (row by row, left to right).
+        Counts are given in placeholder order (row by row, left to right). Returns the expanded `input_ids`,
+        `attention_mask` and `labels`; `expand_inputs` also expands `inputs_embeds` and `position_ids`.
         """
+        expanded = self.expand_inputs(input_ids, attention_mask, video_token_counts, image_token_counts, labels=labels)
+        return expanded["input_ids"], expanded["attention_mask"], expanded["labels"]
+
+    def expand_inputs(
+        self,
+        input_ids: torch.LongTensor | None,
+        attention_mask: torch.Tensor | None,
+        video_token_counts: list[int],
+        image_token_counts: list[int],
+        labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+    ) -> dict[str, torch.Tensor | None]:
+        """`expand_placeholders` for every per-token input: `input_ids` or `inputs_embeds` (placeholders found by
+        `get_placeholder_mask`), `attention_mask`, `labels` and `position_ids`. Given positions stay consecutive
+        through each expanded placeholder and shift the tokens after it; padding gets position 1."""
+        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = torch.ones(reference.shape, dtype=torch.long, device=reference.device)
+        video_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.video_token_id)
+        image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.image_token_id)
         left_padding = bool((attention_mask[:, 0] == 0).any()) and bool((attention_mask[:, -1] == 1).all())
         video_counts, image_counts = iter(video_token_counts), iter(image_token_counts)
-        rows_ids, rows_labels = [], []
-        for row in range(input_ids.shape[0]):
+        per_token = {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "labels": labels}
+        rows = {name: [] for name in (*per_token, "position_ids")}
+        lengths = []
+        for row in range(reference.shape[0]):
             real = attention_mask[row].bool()
-            ids = input_ids[row][real]
-            repeats = torch.ones_like(ids)
-            for pos in torch.where(ids == self.config.video_token_id)[0].tolist():
+            repeats = torch.ones(int(real.sum()), dtype=torch.long, device=reference.device)
+            for pos in torch.where(video_mask[row][real])[0].tolist():
                 repeats[pos] = next(video_counts)
-            for pos in torch.where(ids == self.config.image_token_id)[0].tolist():
+            for pos in torch.where(image_mask[row][real])[0].tolist():
                 repeats[pos] = next(image_counts)
-            rows_ids.append(ids.repeat_interleave(repeats))
-            if labels is not None:
-                row_labels = labels[row][real].clone()
-                row_labels[(ids == self.config.video_token_id) | (ids == self.config.image_token_id)] = -100
-                rows_labels.append(row_labels.repeat_interleave(repeats))
-        max_len = max(len(r) for r in rows_ids)
+            lengths.append(int(repeats.sum()))
+            for name, tensor in per_token.items():
+                if tensor is None:
+                    continue
+                values = tensor[row][real]
+                if name == "labels":
+                    values = values.masked_fill(video_mask[row][real] | image_mask[row][real], -100)
+                rows[name].append(values.repeat_interleave(repeats, dim=0))
+            if position_ids is not None:
+                positions = position_ids[row if position_ids.shape[0] > 1 else 0][real.to(position_ids.device)]
+                repeats_here = repeats.to(positions.device)
+                shift = torch.cumsum(repeats_here - 1, 0) - (repeats_here - 1)  # extra tokens before each one
+                starts = torch.cumsum(repeats_here, 0) - repeats_here
+                within = torch.arange(lengths[-1], device=positions.device) - starts.repeat_interleave(repeats_here)
+                rows["position_ids"].append((positions + shift).repeat_interleave(repeats_here) + within)
+        max_len = max(lengths)
         if max_len > self.config.max_context_length:
             # Videos are compressed into the budget; only images (never compressed) or a long text can get here.
             raise ValueError(
@@ -559,41 +705,49 @@ class LongVUModel(LongVUPreTrainedModel):
                 f"{self.config.max_context_length}; shorten the prompt or use fewer images"
             )
         pad_id = self.config.text_config.pad_token_id
-        pad_id = 0 if pad_id is None else pad_id
-        new_ids = input_ids.new_full((len(rows_ids), max_len), pad_id)
-        new_mask = attention_mask.new_zeros((len(rows_ids), max_len))
-        new_labels = labels.new_full((len(rows_ids), max_len), -100) if labels is not None else None
-        for row, ids in enumerate(rows_ids):
-            span = slice(max_len - len(ids), max_len) if left_padding else slice(0, len(ids))
-            new_ids[row, span] = ids
-            new_mask[row, span] = 1
-            if new_labels is not None:
-                new_labels[row, span] = rows_labels[row]
-        return new_ids, new_mask, new_labels
+        fill = {"input_ids": 0 if pad_id is None else pad_id, "inputs_embeds": 0.0, "labels": -100, "position_ids": 1}
+        out = {"attention_mask": attention_mask.new_zeros((len(lengths), max_len))}
+        for name, values in rows.items():
+            out[name] = values[0].new_full((len(values), max_len, *values[0].shape[1:]), fill[name]) if values else None
+        for row, length in enumerate(lengths):
+            span = slice(max_len - length, max_len) if left_padding else slice(0, length)
+            out["attention_mask"][row, span] = 1
+            for name, values in rows.items():
+                if values:
+                    out[name][row, span] = values[row]
+        return out
 
-    def _merge_features(self, input_ids, inputs_embeds, token_id, features, name):
-        mask = input_ids == token_id
+    def _merge_features(self, mask, inputs_embeds, features, name):
         total = sum(len(f) for f in features)
         if int(mask.sum()) != total:
             raise ValueError(f"{name}: {int(mask.sum())} placeholder positions but {total} visual tokens")
         flat = torch.cat(features).to(inputs_embeds.device, inputs_embeds.dtype)
-        return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds), flat)
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device), flat)
 
     def encode_visual_inputs(
         self, input_ids, attention_mask, pixel_values=None, pixel_values_dino=None, image_sizes=None,
         pixel_values_videos=None, pixel_values_videos_dino=None, video_num_frames=None, video_sizes=None,
-        max_visual_tokens=None,
+        max_visual_tokens=None, inputs_embeds=None, **kwargs,
     ) -> dict[str, LongVUVisualFeaturesOutput]:
-        """Run `get_video_features` / `get_image_features` for whatever pixels are given; `{"video": .., "image": ..}`."""
+        """Run `get_video_features` / `get_image_features` for whatever pixels are given; `{"video": .., "image": ..}`.
+
+        The prompt comes as `input_ids` or `inputs_embeds` (one placeholder per item); `kwargs` may ask for the
+        towers' `output_hidden_states`/`output_attentions`."""
         outputs = {}
         if pixel_values_videos is not None:
             outputs["video"] = self.get_video_features(
-                pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes, input_ids, attention_mask,
-                max_visual_tokens,
+                pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes,
+                prompt_input_ids=input_ids, prompt_attention_mask=attention_mask, prompt_inputs_embeds=inputs_embeds,
+                max_visual_tokens=max_visual_tokens, return_dict=True, **kwargs,
             )
         if pixel_values is not None:
-            outputs["image"] = self.get_image_features(pixel_values, pixel_values_dino, image_sizes)
-            self._prompt_layout(input_ids, attention_mask, self.config.image_token_id, len(pixel_values), "pixel_values")
+            outputs["image"] = self.get_image_features(
+                pixel_values, pixel_values_dino, image_sizes, return_dict=True, **kwargs
+            )
+            self._prompt_layout(
+                input_ids, attention_mask, self.config.image_token_id, len(pixel_values), "pixel_values",
+                inputs_embeds=inputs_embeds,
+            )
         return outputs
 
     @can_return_tuple
@@ -623,9 +777,15 @@ class LongVUModel(LongVUPreTrainedModel):
         if pixel_values_videos is not None or pixel_values is not None:
             if mm_encoder_outputs:
                 raise ValueError("Pass either pixel inputs or pre-computed `mm_encoder_outputs`, not both")
+            tower_flags = {k: kwargs[k] for k in ("output_hidden_states", "output_attentions") if k in kwargs}
             mm_encoder_outputs = self.encode_visual_inputs(
                 input_ids, attention_mask, pixel_values, pixel_values_dino, image_sizes,
                 pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes, max_visual_tokens,
+                inputs_embeds=inputs_embeds, **tower_flags,
+            )
+        elif any(v is not None for v in (pixel_values_dino, pixel_values_videos_dino)):
+            raise ValueError(
+                "`pixel_values_dino`/`pixel_values_videos_dino` were given without `pixel_values`/`pixel_values_videos`"
             )
         mm_encoder_outputs = mm_encoder_outputs or {}
         video = mm_encoder_outputs.get("video")
@@ -633,9 +793,10 @@ class LongVUModel(LongVUPreTrainedModel):
         video_features = list(video.pooler_output) if video is not None else []
         image_features = list(image.pooler_output) if image is not None else []
 
-        if input_ids is not None and (video_features or image_features):
-            n_video = int((input_ids == self.config.video_token_id).sum())
-            n_image = int((input_ids == self.config.image_token_id).sum())
+        if video_features or image_features:
+            video_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.video_token_id)
+            image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.image_token_id)
+            n_video, n_image = int(video_mask.sum()), int(image_mask.sum())
             one_per_item = n_video == len(video_features) and n_image == len(image_features)
             already_expanded = n_video == sum(map(len, video_features)) and n_image == sum(map(len, image_features))
             if not already_expanded:
@@ -644,26 +805,34 @@ class LongVUModel(LongVUPreTrainedModel):
                         f"The prompt holds {n_video} video and {n_image} image placeholders for "
                         f"{len(video_features)} videos and {len(image_features)} images"
                     )
-                input_ids, attention_mask, labels = self.expand_placeholders(
+                if position_ids is None and attention_mask is not None:
+                    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                expanded = self.expand_inputs(
                     input_ids,
                     attention_mask,
-                    labels,
                     [len(f) for f in video_features],
                     [len(f) for f in image_features],
+                    labels=labels,
+                    inputs_embeds=inputs_embeds,
+                    position_ids=position_ids,
                 )
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                input_ids, inputs_embeds, attention_mask = (
+                    expanded["input_ids"], expanded["inputs_embeds"], expanded["attention_mask"]
+                )
+                labels = expanded["labels"]
+                position_ids = expanded["position_ids"]
+                if position_ids is None:
+                    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                video_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.video_token_id)
+                image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.image_token_id)
 
         if inputs_embeds is None:
             visual = (input_ids == self.config.video_token_id) | (input_ids == self.config.image_token_id)
             inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(visual, 0))
-            if video_features:
-                inputs_embeds = self._merge_features(
-                    input_ids, inputs_embeds, self.config.video_token_id, video_features, "videos"
-                )
-            if image_features:
-                inputs_embeds = self._merge_features(
-                    input_ids, inputs_embeds, self.config.image_token_id, image_features, "images"
-                )
+        if video_features:
+            inputs_embeds = self._merge_features(video_mask, inputs_embeds, video_features, "videos")
+        if image_features:
+            inputs_embeds = self._merge_features(image_mask, inputs_embeds, image_features, "images")
 
         outputs = self.language_model(
             attention_mask=attention_mask,

@@ -1,0 +1,132 @@
+"""transformers' `ModelTesterMixin` and `GenerationTesterMixin` on LongVU (tiny random weights).
+
+LongVU's processor writes one placeholder per image or video and the model expands it inside `forward` to the
+compressed token count, so the sequence lengths the mixins expect from the model are the expanded ones
+(`LongVUModelTester.seq_length`), while `input_ids` hold one placeholder per item.
+"""
+
+from __future__ import annotations
+
+import unittest
+
+import torch
+from transformers_release_tests.generation import test_utils as generation_test_utils
+from transformers_release_tests.test_configuration_common import ConfigTester
+from transformers_release_tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
+
+from longvu_hf import LongVUConfig, LongVUForConditionalGeneration, LongVUModel
+
+GenerationTesterMixin = generation_test_utils.GenerationTesterMixin
+GENERATION_MIXIN_AVAILABLE = getattr(generation_test_utils, "GENERATION_MIXIN_AVAILABLE", True)
+
+
+class LongVUModelTester:
+    """Tiny geometry: 28 px towers (2x2 patches), a 2x2 encoder grid, 4 queries per frame (6 tokens with the row
+    newlines), one image and one two-frame video per sample."""
+
+    def __init__(self, parent, batch_size: int = 2, text_length: int = 10, num_frames: int = 2):
+        self.parent = parent
+        self.batch_size = batch_size
+        self.text_length = text_length  # input_ids length, one placeholder per image and per video included
+        self.num_frames = num_frames
+        self.image_token_index = 3
+        self.video_token_index = 4
+        self.pad_token_id = 0
+        self.is_training = True
+        self.text_config = {
+            "model_type": "qwen2",
+            "vocab_size": 99,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 512,
+            "pad_token_id": self.pad_token_id,
+            "eos_token_id": 2,
+            "bos_token_id": 1,
+            "tie_word_embeddings": False,
+        }
+        self.vision_config = {
+            "model_type": "siglip_vision_model",
+            "hidden_size": 16,
+            "intermediate_size": 24,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 28,
+            "patch_size": 14,
+        }
+        self.dino_config = {
+            "model_type": "dinov2",
+            "hidden_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "mlp_ratio": 2,
+            "image_size": 28,
+            "patch_size": 14,
+        }
+        self.num_hidden_layers = self.text_config["num_hidden_layers"]
+        self.num_attention_heads = self.text_config["num_attention_heads"]
+        self.hidden_size = self.text_config["hidden_size"]
+        self.vocab_size = self.text_config["vocab_size"]
+        tokens_per_item = 2 * 2 + 2  # 2x2 queries plus one newline per row
+        self.seq_length = text_length - 2 + tokens_per_item * (1 + num_frames)
+
+    def get_config(self) -> LongVUConfig:
+        return LongVUConfig(
+            text_config=self.text_config,
+            vision_config=self.vision_config,
+            dino_config=self.dino_config,
+            dino_image_size=28,
+            encoder_grid_size=2,
+            num_queries=4,
+            lowres_grid_size=2,
+            aggregator_hidden_size=16,
+            aggregator_num_layers=1,
+            aggregator_num_heads=2,
+            image_token_index=self.image_token_index,
+            video_token_index=self.video_token_index,
+            max_context_length=256,
+        )
+
+    def prepare_config_and_inputs_for_common(self):
+        config = self.get_config()
+        input_ids = ids_tensor([self.batch_size, self.text_length], self.vocab_size - 5) + 5
+        input_ids[:, 1] = self.image_token_index
+        input_ids[:, 2] = self.video_token_index
+        frames = (self.batch_size, self.num_frames, 3, 28, 28)
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values": floats_tensor([self.batch_size, 3, 28, 28]),
+            "pixel_values_dino": floats_tensor([self.batch_size, 3, 28, 28]),
+            "image_sizes": torch.tensor([[28, 28]] * self.batch_size),
+            "pixel_values_videos": floats_tensor(list(frames)),
+            "pixel_values_videos_dino": floats_tensor(list(frames)),
+            "video_num_frames": torch.tensor([self.num_frames] * self.batch_size),
+            "video_sizes": torch.tensor([[28, 28]] * self.batch_size),
+        }
+        return config, inputs
+
+
+class LongVUModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
+    all_model_classes = (LongVUModel, LongVUForConditionalGeneration)
+    all_generative_model_classes = (LongVUForConditionalGeneration,) if GENERATION_MIXIN_AVAILABLE else ()
+    pipeline_model_mapping = {"image-text-to-text": LongVUForConditionalGeneration}
+    _is_composite = True
+    # The image and video features hold the kept frames of every video in their first dimension (frames, not videos:
+    # DINOv2 selection drops a content-dependent number), as LLaVA-OneVision merges videos and frames there.
+    skip_test_image_features_output_shape = True
+    skip_test_video_features_output_shape = True
+
+    def setUp(self):
+        self.model_tester = LongVUModelTester(self)
+        self.config_tester = ConfigTester(
+            self,
+            config_class=LongVUConfig,
+            has_text_modality=False,
+            common_properties=["image_token_id", "video_token_id"],
+        )
+
+    def test_config(self):
+        self.config_tester.run_common_tests()
