@@ -12,6 +12,7 @@ from longvu_hf import LongVUConfig, LongVUForConditionalGeneration, LongVUModel
 from tiny_model import TINY_IMAGE_TOKEN_ID, TINY_VIDEO_TOKEN_ID, make_tiny_model, random_video_inputs
 
 V = TINY_VIDEO_TOKEN_ID
+from longvu_hf.transformers_compat import CACHE_NAME, cache_of  # noqa: E402
 I = TINY_IMAGE_TOKEN_ID
 
 
@@ -418,3 +419,27 @@ def test_images_beyond_the_context_are_refused_not_truncated():
         model(input_ids=ids, **pixels)
     with pytest.raises(ValueError, match="max_context_length"):
         model.generate(input_ids=ids, max_new_tokens=2, **pixels)
+
+
+def test_generate_from_embeddings_positions_and_a_returned_cache(model):
+    """`inputs_embeds`, explicit `position_ids` and a continuation from the returned sequences + cache give the same
+    tokens as the plain call; stray video arguments without pixels are refused by name."""
+    video = random_video_inputs(3)
+    ids = torch.tensor([[5, 6, V, 7, 8]])
+    greedy = {"max_new_tokens": 4, "do_sample": False}
+    reference = model.generate(input_ids=ids, **video, **greedy)
+    embeds = model.get_input_embeddings()(ids)
+    assert torch.equal(model.generate(input_ids=ids, inputs_embeds=embeds, **video, **greedy), reference)
+    assert torch.equal(model.generate(inputs_embeds=embeds, **video, **greedy), reference[:, ids.shape[1] :])
+    positions = torch.arange(ids.shape[1])[None]
+    assert torch.equal(model.generate(input_ids=ids, position_ids=positions, **video, **greedy), reference)
+    first = model.generate(input_ids=ids, **video, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+    continued = model.generate(
+        input_ids=first.sequences, **{CACHE_NAME: cache_of(first)}, max_new_tokens=2, do_sample=False,
+        video_sizes=video["video_sizes"],
+    )
+    assert torch.equal(continued, reference)
+    with pytest.raises(ValueError, match="video_sizes"):
+        model.generate(input_ids=ids, video_sizes=video["video_sizes"], **greedy)
+    with pytest.raises(ValueError, match="placeholders but no pixels"):
+        model.generate(input_ids=ids, **greedy)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import unittest
 
 import torch
+from transformers.models.auto import modeling_auto
 from transformers_release_tests.generation import test_utils as generation_test_utils
 from transformers_release_tests.test_configuration_common import ConfigTester
 from transformers_release_tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
@@ -105,8 +106,17 @@ class LongVUModelTester:
             "pixel_values_videos_dino": floats_tensor(list(frames)),
             "video_num_frames": torch.tensor([self.num_frames] * self.batch_size),
             "video_sizes": torch.tensor([[28, 28]] * self.batch_size),
+            "labels": input_ids.clone(),  # the model sets -100 on the expanded placeholders
         }
         return config, inputs
+
+
+# The mixins tell base models from heads by transformers' own name tables; an in-tree LongVU would be listed there.
+IN_TREE_NAMES = {
+    "MODEL_MAPPING_NAMES": "LongVUModel",
+    "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES": "LongVUForConditionalGeneration",
+    "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES": "LongVUForConditionalGeneration",
+}
 
 
 class LongVUModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
@@ -118,6 +128,18 @@ class LongVUModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase
     # DINOv2 selection drops a content-dependent number), as LLaVA-OneVision merges videos and frames there.
     skip_test_image_features_output_shape = True
     skip_test_video_features_output_shape = True
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        for table, name in IN_TREE_NAMES.items():
+            getattr(modeling_auto, table)["longvu"] = name
+
+    @classmethod
+    def tearDownClass(cls):
+        for table in IN_TREE_NAMES:
+            getattr(modeling_auto, table).pop("longvu", None)
+        super().tearDownClass()
 
     def setUp(self):
         self.model_tester = LongVUModelTester(self)

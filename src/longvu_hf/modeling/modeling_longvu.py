@@ -877,6 +877,8 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # As the Qwen2/Llama causal LMs: the head is sharded like the (possibly tied) embedding the decoder's plan shards.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: LongVUConfig):
         super().__init__(config)
@@ -972,49 +974,129 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         placeholders = [i for i in (self.config.video_token_id, self.config.image_token_id) if 0 <= i < vocab_size]
         return sorted(set(requested) | set(placeholders))
 
+    def _continue_from_cache(self, kwargs: dict, input_ids, attention_mask):
+        """Map a continuation (`input_ids` = a previous `generate`'s sequences, plus the cache it returned) back onto
+        the expanded prompt that the cache holds; returns `(input_ids, attention_mask, record)` or None."""
+        cache = next((kwargs.get(name) for name in (CACHE_NAME, "past_key_values", "cache") if kwargs.get(name)), None)
+        record = getattr(cache, "longvu_prompt", None)
+        if record is None or input_ids is None:
+            return None
+        prompt, expanded_ids, expanded_mask = record
+        if input_ids.shape[0] != prompt.shape[0] or input_ids.shape[1] < prompt.shape[1]:
+            return None
+        if not torch.equal(input_ids[:, : prompt.shape[1]], prompt.to(input_ids.device)):
+            return None
+        tail = input_ids[:, prompt.shape[1] :]
+        mask_tail = (
+            attention_mask[:, prompt.shape[1] :] if attention_mask is not None else torch.ones_like(tail)
+        )
+        ids = torch.cat([expanded_ids.to(tail.device), tail], dim=1)
+        mask = torch.cat([expanded_mask.to(mask_tail.device, mask_tail.dtype), mask_tail], dim=1)
+        return ids, mask, record
+
+    @staticmethod
+    def _restore_prompt(output, caller_ids: torch.Tensor, expanded_length: int, record: tuple):
+        """Put the caller's input back in front of the new tokens (in place of its `expanded_length` expanded form),
+        and remember the expansion (`record`: caller prompt, expanded prompt, its mask) on the returned cache, so that
+        a later `generate` can continue from `sequences` and that cache."""
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        factor = sequences.shape[0] // caller_ids.shape[0]
+        sequences = torch.cat(
+            [caller_ids.repeat_interleave(factor, dim=0).to(sequences.device), sequences[:, expanded_length:]], dim=1
+        )
+        if isinstance(output, torch.Tensor):
+            return sequences
+        output.sequences = sequences
+        cache = cache_of(output)
+        if cache is not None and factor == 1:
+            cache.longvu_prompt = record
+        return output
+
     @torch.no_grad()
     def generate(self, inputs: torch.Tensor | None = None, **kwargs: Any):
         """Encode the videos/images once, expand their placeholders, then run the standard `generate`.
 
         The returned sequences start with the prompt as given (one placeholder per video/image), then the new tokens.
         Accepts the processor's outputs as they are (`input_ids`, `attention_mask`, `pixel_values_videos`,
-        `pixel_values_videos_dino`, `video_num_frames`, `video_sizes`, or the image equivalents). The compression
-        reports of the last call are kept in `self.last_compression`. `max_visual_tokens` caps each video's tokens for
-        this call (see `LongVUModel.get_video_features`).
+        `pixel_values_videos_dino`, `video_num_frames`, `video_sizes`, or the image equivalents), or the prompt as
+        `inputs_embeds`. The compression reports of the last call are kept in `self.last_compression`.
+        `max_visual_tokens` caps each video's tokens for this call (see `LongVUModel.get_video_features`).
+        To continue a generation, pass the returned `sequences` (plus new text) with the returned cache; the pixels are
+        then not needed again.
         """
         kwargs["suppress_tokens"] = self._suppress_placeholders(kwargs)
         max_visual_tokens = kwargs.pop("max_visual_tokens", None)
         visual = {name: kwargs.pop(name) for name in VISUAL_INPUT_NAMES if kwargs.get(name) is not None}
         for name in VISUAL_INPUT_NAMES:
             kwargs.pop(name, None)
-        if not visual:
-            return super().generate(inputs, **kwargs)
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
         attention_mask = kwargs.pop("attention_mask", None)
-        if input_ids is None:
-            raise ValueError("`input_ids` are required when generating from videos or images")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        encoded = self.model.encode_visual_inputs(input_ids, attention_mask, **visual, max_visual_tokens=max_visual_tokens)
+        inputs_embeds = kwargs.pop("inputs_embeds", None)
+        pixels = [n for n in ("pixel_values", "pixel_values_videos") if n in visual]
+        if not pixels:
+            continuation = self._continue_from_cache(kwargs, input_ids, attention_mask)
+            if continuation is not None:
+                expanded_ids, attention_mask, record = continuation
+                output = super().generate(expanded_ids, attention_mask=attention_mask, **kwargs)
+                return self._restore_prompt(output, input_ids, expanded_ids.shape[1], record)
+            if visual:
+                raise ValueError(
+                    f"{', '.join(sorted(visual))} given without `pixel_values`/`pixel_values_videos`: pass the pixels "
+                    "they describe (or, to continue a generation, the returned sequences and cache)"
+                )
+            prompt_ids = input_ids if input_ids is not None else None
+            if prompt_ids is not None and bool(
+                ((prompt_ids == self.config.video_token_id) | (prompt_ids == self.config.image_token_id)).any()
+            ):
+                raise ValueError(
+                    "The prompt holds video/image placeholders but no pixels were given: pass the processor's "
+                    "`pixel_values_videos`/`pixel_values` (or, to continue a generation, the returned sequences and "
+                    "cache)"
+                )
+            extra = {"attention_mask": attention_mask} if attention_mask is not None else {}
+            if inputs_embeds is not None:
+                extra["inputs_embeds"] = inputs_embeds
+            return super().generate(input_ids, **extra, **kwargs)
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("`input_ids` or `inputs_embeds` are required when generating from videos or images")
+        encoded = self.model.encode_visual_inputs(
+            input_ids, attention_mask, **visual, max_visual_tokens=max_visual_tokens, inputs_embeds=inputs_embeds
+        )
         video, image = encoded.get("video"), encoded.get("image")
-        expanded_ids, attention_mask, _ = self.model.expand_placeholders(
+        expanded = self.model.expand_inputs(
             input_ids,
             attention_mask,
-            None,
             [len(f) for f in video.pooler_output] if video is not None else [],
             [len(f) for f in image.pooler_output] if image is not None else [],
+            inputs_embeds=inputs_embeds,
+            position_ids=kwargs.pop("position_ids", None),
         )
+        if expanded["position_ids"] is not None:
+            kwargs["position_ids"] = expanded["position_ids"]
         self.last_compression = {"video": video.compression if video else None, "image": image.compression if image else None}
-        output = super().generate(expanded_ids, attention_mask=attention_mask, mm_encoder_outputs=encoded, **kwargs)
+        if inputs_embeds is not None:
+            # Merge the visual features into the expanded embeddings here: generation then starts from them alone.
+            embeds = expanded["inputs_embeds"]
+            for kind, output in (("video", video), ("image", image)):
+                if output is None:
+                    continue
+                token_id = self.config.video_token_id if kind == "video" else self.config.image_token_id
+                mask = self.model.get_placeholder_mask(expanded["input_ids"], embeds, token_id)
+                embeds = self.model._merge_features(mask, embeds, list(output.pooler_output), f"{kind}s")
+            output = super().generate(
+                expanded["input_ids"], attention_mask=expanded["attention_mask"], inputs_embeds=embeds, **kwargs
+            )
+            if input_ids is None:
+                return output  # like transformers: with embeddings only, the new tokens alone
+            record = (input_ids, expanded["input_ids"], expanded["attention_mask"])
+            return self._restore_prompt(output, input_ids, expanded["input_ids"].shape[1], record)
+        output = super().generate(
+            expanded["input_ids"], attention_mask=expanded["attention_mask"], mm_encoder_outputs=encoded, **kwargs
+        )
         # Return the caller's prompt (one placeholder per item) followed by the new tokens, so that the usual
         # `output[:, input_ids.shape[1]:]` slices off exactly the prompt.
-        sequences = output if isinstance(output, torch.Tensor) else output.sequences
-        prompt = input_ids.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
-        sequences = torch.cat([prompt.to(sequences.device), sequences[:, expanded_ids.shape[1] :]], dim=1)
-        if isinstance(output, torch.Tensor):
-            return sequences
-        output.sequences = sequences
-        return output
+        record = (input_ids, expanded["input_ids"], expanded["attention_mask"])
+        return self._restore_prompt(output, input_ids, expanded["input_ids"].shape[1], record)
 
 
 __all__ = ["LongVUForConditionalGeneration", "LongVUModel", "LongVUPreTrainedModel"]
