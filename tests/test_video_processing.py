@@ -4,6 +4,7 @@ files (several containers, frame rates, orientations), arrays, folders, URLs, im
 import http.server
 import json
 import os
+import re
 import threading
 from functools import partial
 
@@ -140,6 +141,57 @@ def test_user_num_frames_and_fps_through_processor(processor, videos):
     assert out["video_metadata"][0].frames_indices == [0, 24, 48]
 
 
+def test_do_sample_frames_false_keeps_every_frame(processor, videos):
+    video = np.random.default_rng(0).integers(0, 256, size=(8, 12, 16, 3), dtype=np.uint8)
+    for kwargs in ({}, {"num_frames": 3}, {"fps": 2}, {"max_frames": 2}):
+        out = processor([video, video[:5]], do_sample_frames=False, **kwargs)
+        assert out["video_num_frames"].tolist() == [8, 5], kwargs
+    path = str(videos["landscape_25"])  # 60 frames at 25 fps: 3 by the 1-fps rule
+    assert processor(path, do_sample_frames=False)["video_num_frames"].tolist() == [60]
+    assert processor([video, video[:5]], num_frames=3)["video_num_frames"].tolist() == [3, 3]
+
+
+def test_fps_needs_a_known_frame_rate(processor, tmp_path):
+    """`fps` sampling of frames without a frame rate is refused (it used to return every frame), naming `fps` and the
+    video; the frame rate can come from `video_metadata` (its `fps`, or `duration`)."""
+    from transformers.video_utils import VideoMetadata
+
+    from conftest import frame_pattern
+
+    video = np.random.default_rng(0).integers(0, 256, size=(8, 12, 16, 3), dtype=np.uint8)
+    unknown = r"Video #{} \(in-memory frames\) has no known frame rate, so it cannot be sampled at `fps=2`"
+    with pytest.raises(ValueError, match=unknown.format(0) + ".*Pass `num_frames`"):
+        processor(video, fps=2)
+    with pytest.raises(ValueError, match=unknown.format(1)):  # the second video of a batch
+        processor([video, video], fps=2, video_metadata=[{"fps": 4}, {}])
+    with pytest.raises(ValueError, match="`fps=2`"):
+        LongVUVideoProcessor(fps=2)([Image.fromarray(frame) for frame in video])
+    with pytest.raises(ValueError, match="`fps=3`"):
+        processor.sample_frames(VideoMetadata(total_num_frames=8), fps=3)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(6):
+        Image.fromarray(frame_pattern(index, 16, 12)).save(folder / f"{index}.png")
+    with pytest.raises(ValueError, match=re.escape(f"'{folder}' has no known frame rate") + ".*`fps=1`"):
+        processor(str(folder), fps=1)
+    frame_paths = [str(folder / f"{index}.png") for index in range(6)]
+    with pytest.raises(ValueError, match=re.escape(f"the first '{frame_paths[0]}') has no known frame rate")):
+        processor([[frame_paths]], fps=1)  # a video given as a list of frame paths
+
+    # Otherwise-known frame rates: the metadata's fps, or frames / duration.
+    def sampled(video, **kwargs):
+        return processor(video, return_metadata=True, **kwargs)["video_metadata"][0]
+
+    assert sampled(video, fps=2, video_metadata={"fps": 4}).frames_indices == [0, 2, 4, 6]
+    by_duration = sampled(video, fps=2, video_metadata={"duration": 2.0})
+    assert by_duration.frames_indices == [0, 2, 4, 6] and by_duration.fps == 4.0 and by_duration.timestamps[1] == 0.5
+    assert processor.sample_frames(VideoMetadata(total_num_frames=8, duration=2.0), fps=2).tolist() == [0, 2, 4, 6]
+    assert sampled(str(folder), fps=1, video_metadata={"fps": 2}).frames_indices == [0, 2, 4]
+    # Without `fps`, such frames are all kept (or `num_frames` of them), as before.
+    assert processor(video)["video_num_frames"].tolist() == [8]
+    assert sampled(video, num_frames=3).frames_indices == [0, 2, 5]
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # Pixels
 # ------------------------------------------------------------------------------------------------------------------
@@ -173,6 +225,64 @@ def test_normalised_output_matches_reference_floats(processor, case):
     for key, prefix in [("pixel_values_videos", "siglip"), ("pixel_values_videos_dino", "dino")]:
         reference = inputs[f"{prefix}_pixel_values_lut"][channel, inputs[f"{prefix}_pixel_values_u8"].long()]
         torch.testing.assert_close(out[key], reference, atol=1e-5, rtol=0)
+
+
+def test_float_output_needs_both_rescale_and_normalize(processor):
+    """One of `do_rescale`/`do_normalize` without the other would give floats the model misreads (it takes float
+    pixels as normalised): refused, naming both, for videos and images, at call time and from the configuration."""
+    video = np.random.default_rng(0).integers(0, 256, size=(2, 12, 16, 3), dtype=np.uint8)
+    for flags in ({"do_normalize": True}, {"do_rescale": False, "do_normalize": True}, {"do_rescale": True}):
+        rescale, normalize = flags.get("do_rescale", False), flags.get("do_normalize", False)
+        message = f"`do_rescale={rescale}` with `do_normalize={normalize}`"
+        with pytest.raises(ValueError, match=message + ".*Pass `do_rescale=True, do_normalize=True`"):
+            processor(video, **flags)
+        with pytest.raises(ValueError, match=message):
+            processor.preprocess_images(Image.fromarray(video[0]), **flags)
+        with pytest.raises(ValueError, match=message):
+            LongVUVideoProcessor(**flags)(video)
+    # Both, or neither: float32 normalised, or uint8.
+    assert processor(video, do_rescale=True, do_normalize=True)["pixel_values_videos"].dtype == torch.float32
+    assert processor(video, do_rescale=False, do_normalize=False)["pixel_values_videos"].dtype == torch.uint8
+
+
+def test_float_output_is_what_the_model_computes_from_uint8():
+    """The float pixels of `do_rescale=True, do_normalize=True` give the model exactly the features of the uint8
+    pixels it normalises itself (same arithmetic, bit for bit), for videos and images."""
+    from tiny_model import make_tiny_model
+
+    model = make_tiny_model()
+    processor = LongVUVideoProcessor()
+    video = np.random.default_rng(0).integers(0, 256, size=(2, 30, 40, 3), dtype=np.uint8)
+    as_uint8 = processor(video)
+    as_float = processor(video, do_rescale=True, do_normalize=True)
+    assert as_uint8["pixel_values_videos"].dtype == torch.uint8
+    assert as_float["pixel_values_videos"].dtype == torch.float32
+    with torch.no_grad():
+        siglip_u8 = model.model.siglip_features(as_uint8["pixel_values_videos"])
+        siglip_float = model.model.siglip_features(as_float["pixel_values_videos"])
+        dino_u8 = model.model.dino_features(as_uint8["pixel_values_videos_dino"])
+        dino_float = model.model.dino_features(as_float["pixel_values_videos_dino"])
+    assert torch.equal(siglip_u8, siglip_float)
+    assert torch.equal(dino_u8, dino_float)
+    images_u8 = processor.preprocess_images(Image.fromarray(video[0]))
+    images_float = processor.preprocess_images(Image.fromarray(video[0]), do_rescale=True, do_normalize=True)
+    with torch.no_grad():
+        siglip_u8 = model.model.siglip_features(images_u8["pixel_values"])
+        siglip_float = model.model.siglip_features(images_float["pixel_values"])
+    assert torch.equal(siglip_u8, siglip_float)
+
+
+def test_rgba_and_grayscale_frames_become_rgb(processor):
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, size=(2, 12, 16, 3), dtype=np.uint8)
+    expected = processor(rgb)["pixel_values_videos"]
+    rgba = [Image.fromarray(frame).convert("RGBA") for frame in rgb]
+    assert torch.equal(processor(rgba)["pixel_values_videos"], expected)
+    assert torch.equal(processor(np.stack([np.asarray(frame) for frame in rgba]))["pixel_values_videos"], expected)
+    gray = rng.integers(0, 256, size=(2, 12, 16), dtype=np.uint8)
+    out = processor([Image.fromarray(frame) for frame in gray])["pixel_values_videos"]
+    assert out.shape == (2, 3, 384, 384)
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
 
 
 @pytest.mark.parametrize("height,width", [(36, 64), (64, 36), (50, 50), (720, 1280), (1280, 720), (101, 37)])

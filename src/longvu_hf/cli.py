@@ -725,7 +725,11 @@ def _add_video_options(
         parser.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
         parser.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"],
                             help="auto: bfloat16 on GPUs, the checkpoint's dtype on CPU")
-    parser.add_argument("--fps", type=_positive_float, default=1.0, help="frames sampled per second (default 1)")
+    parser.add_argument(
+        "--fps", type=_positive_float, default=None,
+        help="frames sampled per second (default: the processor's, 1; a folder of frames without a frame rate keeps "
+        "every frame)",
+    )
     parser.add_argument("--max-frames", type=_positive_int, default=None,
                         help="cap on the sampled frames, spread evenly (default: no cap, as the reference)")
     parser.add_argument("--max-new-tokens", type=_non_negative_int if answer_optional else _positive_int,

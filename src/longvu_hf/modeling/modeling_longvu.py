@@ -220,6 +220,10 @@ class LongVUModel(LongVUPreTrainedModel):
         self.dino_tower.embeddings.interpolate_pos_encoding = types.MethodType(
             functools.partial(reference_dino_position_interpolation, config), self.dino_tower.embeddings
         )
+        # Never used by LongVU (it aggregates SigLIP's last layer before `post_layernorm`, and DINOv2 never masks):
+        # frozen, so that they hold no optimizer state and DDP finds no parameter without a gradient.
+        self.vision_tower.post_layernorm.requires_grad_(False)
+        self.dino_tower.embeddings.mask_token.requires_grad_(False)
         self.vision_aggregator = LongVUVisionAggregator(config)
         self.multi_modal_projector = LongVUMultiModalProjector(config)
         self.image_newline = nn.Parameter(torch.zeros(config.text_config.hidden_size))
@@ -807,24 +811,34 @@ class LongVUModel(LongVUPreTrainedModel):
                     )
                 if position_ids is None and attention_mask is not None:
                     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+                # Labels come for the prompt as written, or already for the expanded sequence (as the logits are).
+                labels_expanded = labels is not None and labels.shape[-1] != video_mask.shape[-1]
                 expanded = self.expand_inputs(
                     input_ids,
                     attention_mask,
                     [len(f) for f in video_features],
                     [len(f) for f in image_features],
-                    labels=labels,
+                    labels=None if labels_expanded else labels,
                     inputs_embeds=inputs_embeds,
                     position_ids=position_ids,
                 )
                 input_ids, inputs_embeds, attention_mask = (
                     expanded["input_ids"], expanded["inputs_embeds"], expanded["attention_mask"]
                 )
-                labels = expanded["labels"]
                 position_ids = expanded["position_ids"]
                 if position_ids is None:
                     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
                 video_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.video_token_id)
                 image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.image_token_id)
+                if labels_expanded:
+                    if labels.shape != attention_mask.shape:
+                        raise ValueError(
+                            f"`labels` have shape {tuple(labels.shape)}: give them for the prompt as written "
+                            f"{tuple(video_mask.shape)} or for the expanded sequence {tuple(attention_mask.shape)}"
+                        )
+                    labels = labels.masked_fill((video_mask | image_mask).to(labels.device), -100)
+                else:
+                    labels = expanded["labels"]
 
         if inputs_embeds is None:
             visual = (input_ids == self.config.video_token_id) | (input_ids == self.config.image_token_id)

@@ -136,8 +136,7 @@ class ArrayFrameSource(FrameSource):
         self.metadata = VideoMetadata(
             total_num_frames=num_frames, width=width, height=height, video_backend="array", **_timing(metadata)
         )
-        if self.metadata.fps and not self.metadata.duration:
-            self.metadata.duration = num_frames / float(self.metadata.fps)
+        _complete_timing(self.metadata)
 
     def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
         pairs = (
@@ -151,6 +150,24 @@ def _timing(metadata: VideoMetadata | dict | None) -> dict:
     """The frame rate (and duration) a user gave for frames that carry none; sizes and counts come from the frames."""
     given = {} if metadata is None else {key: value for key, value in dict(metadata).items() if value is not None}
     return {key: given[key] for key in ("fps", "duration") if key in given}
+
+
+def frame_rate(metadata: VideoMetadata | dict) -> float | None:
+    """The average frame rate of a video: `fps`, else `total_num_frames / duration`, else None (unknown)."""
+    fps, duration, total = (metadata.get(key) for key in ("fps", "duration", "total_num_frames"))
+    if fps:
+        return float(fps)
+    if duration and total:
+        return float(total) / float(duration)
+    return None
+
+
+def _complete_timing(metadata: VideoMetadata) -> None:
+    """Fills `fps` from the duration, or `duration` from the frame rate, when only one of them is known."""
+    if not metadata.fps:
+        metadata.fps = frame_rate(metadata)
+    if metadata.fps and not metadata.duration:
+        metadata.duration = metadata.total_num_frames / float(metadata.fps)
 
 
 def _natural_key(name: str) -> list:
@@ -182,6 +199,7 @@ class ImageSequenceFrameSource(FrameSource):
             video_backend="images",
             **_timing(metadata),
         )
+        _complete_timing(self.metadata)
 
     def _load(self, index: int) -> np.ndarray:
         from transformers.image_utils import load_image
@@ -596,9 +614,11 @@ def open_frame_source(
             for key, value in dict(metadata).items():
                 if value is not None and getattr(source.metadata, key, None) is None and key != "frames_indices":
                     setattr(source.metadata, key, value)
+            _complete_timing(source.metadata)
         return source
     if isinstance(video, (list, tuple)) and video and isinstance(video[0], str):
-        return ImageSequenceFrameSource(list(video), name or "(list of frame images)", metadata)
+        default_name = f"(list of {len(video)} frame images, the first '{video[0]}')"
+        return ImageSequenceFrameSource(list(video), name or default_name, metadata)
     return ArrayFrameSource(video, name or "(array)", metadata)
 
 
@@ -654,6 +674,7 @@ __all__ = [
     "TorchCodecFrameSource",
     "VIDEO_BACKENDS",
     "available_video_backends",
+    "frame_rate",
     "open_frame_source",
     "open_video_file",
     "prefetch",

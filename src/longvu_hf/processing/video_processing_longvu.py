@@ -3,7 +3,9 @@
 LongVU feeds every frame to two vision encoders, each with its own preprocessing (REFERENCE.md §1.3): SigLIP gets the
 frame padded to a square with (127, 127, 127) and resized to 384², DINOv2 gets it padded with (123, 116, 103) and
 resized to 378². This processor returns both as uint8 tensors (the model rescales and normalises them on its device,
-4x less host memory than float32) together with the frame count and source size of every video.
+4x less host memory than float32) together with the frame count and source size of every video. With
+`do_rescale=True, do_normalize=True` it returns float32 pixels rescaled and normalised exactly as the model would do it;
+the model takes float pixels as already normalised, so no other float output is offered.
 
 Frames are sampled like the reference: one frame every `round(average_fps / fps)` frames from frame 0 (fps=1 by
 default, no cap), with the eval scripts' variants reachable through `fps`, `max_frames`, `start_time`/`end_time`.
@@ -29,7 +31,7 @@ from transformers.video_utils import VideoMetadata, make_batched_videos
 
 from ..configuration_longvu import DINO_IMAGE_MEAN, DINO_IMAGE_STD, SIGLIP_IMAGE_MEAN, SIGLIP_IMAGE_STD
 from .frame_transforms import fill_colour, pad_and_resize_pil, pad_and_resize_torch
-from .video_decoding import FrameBatch, FrameSource, open_frame_source, prefetch, to_uint8_hwc
+from .video_decoding import FrameBatch, FrameSource, frame_rate, open_frame_source, prefetch, to_uint8_hwc
 
 RESIZE_BACKENDS = ("pil", "torch")
 MAX_FRAMES_MODES = ("uniform", "stride")
@@ -57,7 +59,7 @@ class LongVUVideoProcessorKwargs(VideosKwargs, total=False):
     dino_image_mean (`list[float]`, *optional*, defaults to the ImageNet mean):
         DINOv2's normalisation mean; `int(255 * mean)` is also its padding colour.
     dino_image_std (`list[float]`, *optional*, defaults to the ImageNet std):
-        DINOv2's normalisation std (used only when `do_normalize=True`).
+        DINOv2's normalisation std (used only with `do_rescale=True, do_normalize=True`).
     default_fps (`float`, *optional*, defaults to 1.0):
         Sampling rate used when neither `fps` nor `num_frames` is given (the reference's 1 frame per second).
     max_frames (`int`, *optional*):
@@ -136,8 +138,9 @@ def sample_frame_indices(
     """LongVU's frame sampling as a pure function (the eval scripts can call it directly).
 
     * default: one frame every `reference_frame_stride(average_fps, default_fps)` frames from the clip start;
-    * `fps`: the same rule at that rate; `num_frames`: `num_frames` frames spread evenly over the clip;
-    * `average_fps=None` (arrays without metadata): every frame;
+    * `fps`: the same rule at that rate (the video's frame rate must be known); `num_frames`: `num_frames` frames
+      spread evenly over the clip;
+    * `average_fps=None` (frames without a frame rate) and no `fps`: every frame;
     * `start_time`/`end_time` (seconds): the clip, with MVBench's arithmetic;
     * `max_frames`: a cap applied last (`max_frames_mode`, see `LongVUVideoProcessorKwargs`).
 
@@ -180,6 +183,12 @@ def sample_frame_indices(
             )
         indices = start + np.arange(num_frames, dtype=np.int64) * clip_length // num_frames
     elif not average_fps:
+        if fps is not None:
+            raise ValueError(
+                f"{video_name} has no known frame rate, so it cannot be sampled at `fps={fps}` (decoded frames, frame "
+                "images and folders of frames carry none). Pass `num_frames` instead, or give its frame rate with "
+                "`video_metadata={'fps': ...}`."
+            )
         indices = np.arange(start, end, dtype=np.int64)
     else:
         rate = fps if fps is not None else default_fps
@@ -210,7 +219,9 @@ class LongVUVideoProcessor(BaseVideoProcessor):
 
     Outputs for videos (frames of all videos concatenated, Qwen2-VL style):
 
-    - `pixel_values_videos`: (total frames, 3, 384, 384) uint8 (float32, normalised, if `do_normalize=True`);
+    - `pixel_values_videos`: (total frames, 3, 384, 384) uint8, or float32 rescaled and normalised with
+      `do_rescale=True, do_normalize=True` (the model normalises uint8 pixels itself and takes float ones as they are,
+      so the processor refuses one flag without the other);
     - `pixel_values_videos_dino`: (total frames, 3, 378, 378), same dtype;
     - `video_num_frames`: (num videos,) int64, the frames of each video;
     - `video_sizes`: (num videos, 2) int64, (height, width) of each source video;
@@ -319,6 +330,15 @@ class LongVUVideoProcessor(BaseVideoProcessor):
                 raise ValueError(f"`{name}` must be a square {{'height': S, 'width': S}}, got {side}")
         if not kwargs["decode_batch_size"] or kwargs["decode_batch_size"] < 1:
             raise ValueError(f"`decode_batch_size` must be a positive integer, got {kwargs['decode_batch_size']}")
+        if bool(kwargs["do_rescale"]) != bool(kwargs["do_normalize"]):
+            # Pixels are always 0..255 here; the model normalises uint8 pixels itself and takes float pixels as
+            # already rescaled and normalised, so a float output with only one of the two steps would be misread.
+            raise ValueError(
+                f"`do_rescale={kwargs['do_rescale']}` with `do_normalize={kwargs['do_normalize']}` is not supported: "
+                "LongVU's model normalises uint8 pixels itself and takes float pixels as already rescaled and "
+                "normalised. Pass `do_rescale=True, do_normalize=True` for float32 pixels normalised as the model "
+                "expects, or leave both False (the default) for uint8 pixels."
+            )
         return kwargs
 
     def _encoder_targets(self, kwargs: dict) -> list[tuple[tuple[int, int, int], int]]:
@@ -344,10 +364,11 @@ class LongVUVideoProcessor(BaseVideoProcessor):
         **kwargs,
     ) -> np.ndarray:
         """Frame indices to decode for one video: LongVU's reference rule by default (one frame every
-        `round(average_fps)` frames from frame 0), see `sample_frame_indices` for the options."""
+        `round(average_fps)` frames from frame 0), see `sample_frame_indices` for the options. The frame rate is
+        `metadata.fps`, or `total_num_frames / duration` when only the duration is known."""
         return sample_frame_indices(
             int(metadata.total_num_frames),
-            float(metadata.fps) if metadata.fps else None,
+            frame_rate(metadata),
             fps=fps,
             num_frames=num_frames,
             default_fps=default_fps if default_fps is not None else self.default_fps,
@@ -488,30 +509,28 @@ class LongVUVideoProcessor(BaseVideoProcessor):
                     output[slots] = pad_and_resize_torch(frames, fill, side, do_pad=do_pad).to(output.device)
 
     def _maybe_normalize(self, data: dict, keys: Sequence[str], kwargs: dict) -> dict:
-        """Moves the pixels to `device` if one was given, and optionally makes them float and normalised (by default
-        they stay uint8: the model normalises them itself)."""
+        """Moves the pixels to `device` if one was given, and with `do_rescale` and `do_normalize` (checked together
+        in `_resolve_kwargs`) makes them float32 and normalised, with the very arithmetic the model applies to uint8
+        pixels: `(pixels * rescale_factor - mean) / std`. By default they stay uint8."""
         if kwargs.get("device") is not None:
             for key in keys:
                 data[key] = data[key].to(kwargs["device"])
-        if not (kwargs["do_rescale"] or kwargs["do_normalize"]):
+        if not (kwargs["do_rescale"] and kwargs["do_normalize"]):
             return data
         stats = [(kwargs["image_mean"], kwargs["image_std"]), (kwargs["dino_image_mean"], kwargs["dino_image_std"])]
         for key, (mean, std) in zip(keys, stats):
-            values = data[key].float()
-            if kwargs["do_rescale"]:
-                values = values * float(kwargs["rescale_factor"])
-            if kwargs["do_normalize"]:
-                mean_t = torch.tensor(mean, dtype=values.dtype, device=values.device).view(1, -1, 1, 1)
-                std_t = torch.tensor(std, dtype=values.dtype, device=values.device).view(1, -1, 1, 1)
-                values = (values - mean_t) / std_t
-            data[key] = values
+            values = data[key].float() * float(kwargs["rescale_factor"])
+            mean_t = torch.tensor(mean, dtype=values.dtype, device=values.device).view(1, -1, 1, 1)
+            std_t = torch.tensor(std, dtype=values.dtype, device=values.device).view(1, -1, 1, 1)
+            data[key] = (values - mean_t) / std_t
         return data
 
     # -- images ------------------------------------------------------------------------------------------------------
 
     def preprocess_images(self, images: Any, **kwargs) -> BatchFeature:
         """Preprocesses still images like one-frame videos: returns `pixel_values` (N, 3, 384, 384),
-        `pixel_values_dino` (N, 3, 378, 378) (uint8 unless `do_normalize`) and `image_sizes` (N, 2) as (height, width).
+        `pixel_values_dino` (N, 3, 378, 378) (uint8, or normalised float32 with `do_rescale=True, do_normalize=True`)
+        and `image_sizes` (N, 2) as (height, width).
 
         Example:
 
