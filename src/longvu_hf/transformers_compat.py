@@ -105,6 +105,22 @@ def accepts_cache_argument(forward):
     return wrapper
 
 
+def training_arguments_for_installed_release(values: dict) -> dict:
+    """Training options written with the newest names (`activation_checkpointing`, 5.23 on), renamed to the installed
+    release's (`gradient_checkpointing` before)."""
+    from transformers import TrainingArguments
+
+    fields = TrainingArguments.__dataclass_fields__
+    renamed = dict(values)
+    for new, old in (
+        ("activation_checkpointing", "gradient_checkpointing"),
+        ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"),
+    ):
+        if new in renamed and new not in fields and old in fields:
+            renamed[old] = renamed.pop(new)
+    return renamed
+
+
 __all__ = [
     "CACHE_NAME",
     "MultimodalBaseModelOutputWithPast",
@@ -114,4 +130,5 @@ __all__ = [
     "cache_kwargs",
     "cache_of",
     "check_transformers_version",
+    "training_arguments_for_installed_release",
 ]

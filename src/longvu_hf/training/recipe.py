@@ -19,6 +19,7 @@ from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, Trainin
 
 from ..modeling import LongVUForConditionalGeneration
 from ..processing import LongVUProcessor, LongVUVideoProcessor
+from ..transformers_compat import training_arguments_for_installed_release
 from .collator import LABEL_MODES, LongVUDataCollator
 from .data import load_conversation_dataset
 from .model_setup import (
@@ -168,6 +169,7 @@ def parse_config(
         values = yaml.safe_load(handle) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{config_path} must be a mapping of option names to values")
+    values = training_arguments_for_installed_release(values)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(values) - known)
