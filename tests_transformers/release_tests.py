@@ -107,14 +107,12 @@ def prepare() -> Path:
         else:
             path.write_text(stand_in)
     (package / "__init__.py").touch()
-    (package / "utils" / "__init__.py").touch()
     fetch = root / "fetch_hub_objects_for_ci.py"
     real_fetch = Path(repo) / "utils" / "fetch_hub_objects_for_ci.py" if repo else None
     if real_fetch is not None and real_fetch.exists():
         shutil.copyfile(real_fetch, fetch)
     else:
         fetch.write_text("def url_to_local_path(url, return_url_if_not_found=True):\n    return url\n")
-    for path in (str(root),):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     return package

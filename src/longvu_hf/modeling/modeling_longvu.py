@@ -401,6 +401,15 @@ class LongVUModel(LongVUPreTrainedModel):
         placeholder = embedding(torch.tensor(token_id, device=embedding.weight.device))
         return (inputs_embeds == placeholder.to(inputs_embeds.device, inputs_embeds.dtype)).all(-1)
 
+    def placeholder_masks(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor | None
+    ) -> tuple[torch.BoolTensor, torch.BoolTensor]:
+        """The video and the image placeholder masks (see `get_placeholder_mask`)."""
+        return (
+            self.get_placeholder_mask(input_ids, inputs_embeds, self.config.video_token_id),
+            self.get_placeholder_mask(input_ids, inputs_embeds, self.config.image_token_id),
+        )
+
     def _prompt_layout(
         self,
         input_ids: torch.Tensor | None,
@@ -416,15 +425,12 @@ class LongVUModel(LongVUPreTrainedModel):
         `inputs_embeds`; without either, each item is its own sample with no text (the budget is the whole context)."""
         if input_ids is None and inputs_embeds is None:
             return [{"text_len": 1, "num_visual": 1, "query": None} for _ in range(count)]
-        masks = {
-            kind: self.get_placeholder_mask(input_ids, inputs_embeds, kind_id)
-            for kind, kind_id in (("video", self.config.video_token_id), ("image", self.config.image_token_id))
-        }
-        wanted = masks["video" if token_id == self.config.video_token_id else "image"]
+        video_mask, image_mask = self.placeholder_masks(input_ids, inputs_embeds)
+        wanted = video_mask if token_id == self.config.video_token_id else image_mask
         layout = []
         for row in range(wanted.shape[0]):
             real = attention_mask[row].bool() if attention_mask is not None else torch.ones_like(wanted[row])
-            positions = torch.where((masks["video"][row] | masks["image"][row])[real])[0]
+            positions = torch.where((video_mask[row] | image_mask[row])[real])[0]
             query_start = int(positions[-1]) + 1 if len(positions) else 0
             if inputs_embeds is not None:
                 query = inputs_embeds[row][real][query_start:]
@@ -672,8 +678,7 @@ class LongVUModel(LongVUPreTrainedModel):
         reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
         if attention_mask is None:
             attention_mask = torch.ones(reference.shape, dtype=torch.long, device=reference.device)
-        video_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.video_token_id)
-        image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.image_token_id)
+        video_mask, image_mask = self.placeholder_masks(input_ids, inputs_embeds)
         left_padding = bool((attention_mask[:, 0] == 0).any()) and bool((attention_mask[:, -1] == 1).all())
         video_counts, image_counts = iter(video_token_counts), iter(image_token_counts)
         per_token = {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "labels": labels}
@@ -798,8 +803,7 @@ class LongVUModel(LongVUPreTrainedModel):
         image_features = list(image.pooler_output) if image is not None else []
 
         if video_features or image_features:
-            video_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.video_token_id)
-            image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.image_token_id)
+            video_mask, image_mask = self.placeholder_masks(input_ids, inputs_embeds)
             n_video, n_image = int(video_mask.sum()), int(image_mask.sum())
             one_per_item = n_video == len(video_features) and n_image == len(image_features)
             already_expanded = n_video == sum(map(len, video_features)) and n_image == sum(map(len, image_features))
@@ -809,8 +813,6 @@ class LongVUModel(LongVUPreTrainedModel):
                         f"The prompt holds {n_video} video and {n_image} image placeholders for "
                         f"{len(video_features)} videos and {len(image_features)} images"
                     )
-                if position_ids is None and attention_mask is not None:
-                    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
                 # Labels come for the prompt as written, or already for the expanded sequence (as the logits are).
                 labels_expanded = labels is not None and labels.shape[-1] != video_mask.shape[-1]
                 expanded = self.expand_inputs(
@@ -828,8 +830,7 @@ class LongVUModel(LongVUPreTrainedModel):
                 position_ids = expanded["position_ids"]
                 if position_ids is None:
                     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-                video_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.video_token_id)
-                image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, self.config.image_token_id)
+                video_mask, image_mask = self.placeholder_masks(input_ids, inputs_embeds)
                 if labels_expanded:
                     if labels.shape != attention_mask.shape:
                         raise ValueError(
@@ -1058,10 +1059,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
                     f"{', '.join(sorted(visual))} given without `pixel_values`/`pixel_values_videos`: pass the pixels "
                     "they describe (or, to continue a generation, the returned sequences and cache)"
                 )
-            prompt_ids = input_ids if input_ids is not None else None
-            if prompt_ids is not None and bool(
-                ((prompt_ids == self.config.video_token_id) | (prompt_ids == self.config.image_token_id)).any()
-            ):
+            if input_ids is not None and any(m.any() for m in self.model.placeholder_masks(input_ids, None)):
                 raise ValueError(
                     "The prompt holds video/image placeholders but no pixels were given: pass the processor's "
                     "`pixel_values_videos`/`pixel_values` (or, to continue a generation, the returned sequences and "
@@ -1088,29 +1086,16 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         if expanded["position_ids"] is not None:
             kwargs["position_ids"] = expanded["position_ids"]
         self.last_compression = {"video": video.compression if video else None, "image": image.compression if image else None}
-        if inputs_embeds is not None:
-            # Merge the visual features into the expanded embeddings here: generation then starts from them alone.
-            embeds = expanded["inputs_embeds"]
-            for kind, output in (("video", video), ("image", image)):
-                if output is None:
-                    continue
-                token_id = self.config.video_token_id if kind == "video" else self.config.image_token_id
-                mask = self.model.get_placeholder_mask(expanded["input_ids"], embeds, token_id)
-                embeds = self.model._merge_features(mask, embeds, list(output.pooler_output), f"{kind}s")
-            output = super().generate(
-                expanded["input_ids"], attention_mask=expanded["attention_mask"], inputs_embeds=embeds, **kwargs
-            )
-            if input_ids is None:
-                return output  # like transformers: with embeddings only, the new tokens alone
-            record = (input_ids, expanded["input_ids"], expanded["attention_mask"])
-            return self._restore_prompt(output, input_ids, expanded["input_ids"].shape[1], record)
+        if expanded["inputs_embeds"] is not None:
+            kwargs["inputs_embeds"] = expanded["inputs_embeds"]  # `forward` merges the features at the first step
         output = super().generate(
             expanded["input_ids"], attention_mask=expanded["attention_mask"], mm_encoder_outputs=encoded, **kwargs
         )
+        if input_ids is None:
+            return output  # like transformers: from embeddings alone, the new tokens only
         # Return the caller's prompt (one placeholder per item) followed by the new tokens, so that the usual
         # `output[:, input_ids.shape[1]:]` slices off exactly the prompt.
         record = (input_ids, expanded["input_ids"], expanded["attention_mask"])
         return self._restore_prompt(output, input_ids, expanded["input_ids"].shape[1], record)
-
 
 __all__ = ["LongVUForConditionalGeneration", "LongVUModel", "LongVUPreTrainedModel"]
