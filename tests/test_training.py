@@ -406,8 +406,7 @@ def test_stage1_trains_everything_but_the_towers(stage1_run):
     assert isinstance(sampler, LengthGroupedSampler) and sampler.lengths == trainer.train_dataset["length"][:]
     # transformers 5.23 renamed the property (the old name warns); 5.18 has only the old one.
     checkpointing = getattr(type(trainer.model), "is_activation_checkpointing", None)
-    requested = getattr(trainer.args, "activation_checkpointing", None)
-    assert (requested if requested is not None else trainer.args.gradient_checkpointing) and (
+    assert checkpointing_requested(trainer.args) and (
         trainer.model.is_activation_checkpointing if checkpointing is not None else trainer.model.is_gradient_checkpointing
     )
     assert sorted(os.listdir(stage1_run.output)).count("checkpoint-2") == 1
@@ -499,6 +498,12 @@ def test_stage2_on_videos_skips_bad_media_and_the_result_generates(stage1_run, w
 # ---------------------------------------------------------------------------------------------------------------------
 # Activation checkpointing
 # ---------------------------------------------------------------------------------------------------------------------
+
+
+def checkpointing_requested(args) -> bool:
+    """`activation_checkpointing` (transformers 5.23 on) or `gradient_checkpointing` (before) of TrainingArguments."""
+    requested = getattr(args, "activation_checkpointing", None)
+    return bool(requested if requested is not None else args.gradient_checkpointing)
 
 
 def enable_activation_checkpointing(model, use_reentrant: bool) -> None:
@@ -671,7 +676,7 @@ def test_example_configs_and_global_batch(tmp_path):
     assert m2.from_stage1 and d2.video_fps == 1.0
     for args in (t1, t2):
         assert (args.lr_scheduler_type, args.warmup_steps, args.num_train_epochs, args.bf16) == ("cosine", 0.03, 1, True)
-        assert args.activation_checkpointing and args.train_sampling_strategy == "group_by_length"
+        assert checkpointing_requested(args) and args.train_sampling_strategy == "group_by_length"
     apply_global_batch_size(t1, d1.global_batch_size)  # one process here: 256 / (1 x 4)
     assert t1.gradient_accumulation_steps == 64
     with pytest.raises(ValueError, match="not a multiple"):
