@@ -102,6 +102,17 @@ def test_forward_expands_inside_and_returns_report(model):
     assert report["num_input_frames"] == 4 and sum(report["tokens_per_frame"]) == report["num_visual_tokens"]
 
 
+def test_logits_to_keep_counts_expanded_positions(model):
+    inputs = random_video_inputs(3)
+    ids = torch.tensor([[5, 6, V, 7, 8]])
+    with torch.no_grad():
+        full = model(input_ids=ids, **inputs, logits_to_keep=0)
+        last_two = model(input_ids=ids, **inputs, logits_to_keep=2)
+    expanded_length = 4 + full.compression[0]["num_visual_tokens"]
+    assert full.logits.shape[1] == expanded_length and last_two.logits.shape[1] == 2
+    torch.testing.assert_close(last_two.logits, full.logits[:, -2:], rtol=1e-5, atol=1e-5)
+
+
 def test_uint8_and_float_pixels_agree(model):
     inputs = random_video_inputs(2)
     ids = torch.tensor([[5, V, 7]])
@@ -176,6 +187,15 @@ def test_right_padded_batch_logits_equal_single_samples():
             length = single_logits.shape[0]
             torch.testing.assert_close(out.logits[row, :length], single_logits, atol=1e-5, rtol=1e-4)
             assert int(out.attention_mask[row].sum()) == length
+
+
+def test_assisted_decoding_reuses_the_encoded_video(model):
+    # The assistant gets the main model's encoded features and the expanded prompt; it must not re-encode or refuse.
+    inputs = {"input_ids": torch.tensor([[5, V, 7]]), **random_video_inputs(3)}
+    greedy = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+    assisted = model.generate(**inputs, max_new_tokens=5, do_sample=False, assistant_model=model)
+    assert torch.equal(assisted, greedy)
+    assert assisted[0, :3].tolist() == [5, V, 7]
 
 
 def test_beam_search_sampling_and_streamer(model):

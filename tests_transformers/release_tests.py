@@ -8,15 +8,18 @@ a transformers model of that release must pass. Nothing from transformers' tests
 
 The sdist lacks four files its mixins import: `generation/test_utils.py` (`GenerationTesterMixin`),
 `exporters/test_export.py` (`ExportTesterMixin`), `utils/test_configuration_utils.py` (`config_common_kwargs`) and the
-repository's `utils/fetch_hub_objects_for_ci.py`. Point `TRANSFORMERS_REPO_DIR` at a transformers git checkout to use
-the real ones (the export mixin stays empty: LongVU cannot be exported); without it, `GENERATION_MIXIN_AVAILABLE` is False and the generation tests are reported as not run,
-the export mixin is empty (LongVU cannot be exported: `_can_compile_fullgraph = False`), `config_common_kwargs` is
-built from `PreTrainedConfig()`'s own attributes, and URLs are left as they are (the tests run offline anyway).
+repository's `utils/fetch_hub_objects_for_ci.py`. Point `TRANSFORMERS_REPO_DIR` at a transformers checkout (a fork's
+snapshot will do) to run the real `GenerationTesterMixin`; its `tests.*` imports are pointed at this package. Without
+it, `GENERATION_MIXIN_AVAILABLE` is False and the generation tests are reported as not run. The other three are always
+stand-ins: the export mixin is empty (LongVU cannot be exported: `_can_compile_fullgraph = False`),
+`config_common_kwargs` is built from the installed `PreTrainedConfig()`'s own attributes (a checkout's copy belongs to
+its own release), and URLs are left as they are (the tests run offline).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +47,8 @@ STAND_INS = {
     "exporters/test_export.py": (
         "# Stand-in: the PyPI sdist has no tests/exporters/test_export.py (set TRANSFORMERS_REPO_DIR for the real one).\n"
         "class ExportTesterMixin:\n"
+        "    pass\n\n\n"
+        "class ExportGenerateTesterMixin:\n"
         "    pass\n"
     ),
     "utils/test_configuration_utils.py": (
@@ -99,20 +104,21 @@ def prepare() -> Path:
         path = package / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         (path.parent / "__init__.py").touch()
-        # The repository's export tests import `tests.*` absolutely; LongVU cannot be exported anyway.
-        real = Path(repo) / "tests" / relative if repo and not relative.startswith("exporters/") else None
+        # Only the generation mixin is taken from the checkout: its export mixin is of no use (LongVU cannot be
+        # exported) and its configuration utilities belong to the checkout's release, not the installed one.
+        real = Path(repo) / "tests" / relative if repo and relative.startswith("generation/") else None
         if real is not None and real.exists():
             marker = "\nGENERATION_MIXIN_AVAILABLE = True\n" if relative.startswith("generation/") else ""
-            path.write_text(real.read_text() + marker)
+            # The repository's test files import each other as `tests.*`; here that package is PACKAGE.
+            source = re.sub(r"^from tests\.", f"from {PACKAGE}.", real.read_text(), flags=re.MULTILINE)
+            path.write_text(source + marker)
         else:
             path.write_text(stand_in)
     (package / "__init__.py").touch()
-    fetch = root / "fetch_hub_objects_for_ci.py"
-    real_fetch = Path(repo) / "utils" / "fetch_hub_objects_for_ci.py" if repo else None
-    if real_fetch is not None and real_fetch.exists():
-        shutil.copyfile(real_fetch, fetch)
-    else:
-        fetch.write_text("def url_to_local_path(url, return_url_if_not_found=True):\n    return url\n")
+    # The tests run offline: URLs are left as they are.
+    (root / "fetch_hub_objects_for_ci.py").write_text(
+        "def url_to_local_path(url, return_url_if_not_found=True):\n    return url\n"
+    )
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return package

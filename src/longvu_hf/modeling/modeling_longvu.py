@@ -1048,6 +1048,13 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         attention_mask = kwargs.pop("attention_mask", None)
         inputs_embeds = kwargs.pop("inputs_embeds", None)
         pixels = [n for n in ("pixel_values", "pixel_values_videos") if n in visual]
+        if not pixels and kwargs.get("mm_encoder_outputs") and not visual:
+            # Features encoded by an earlier call (an assistant model in assisted decoding gets the main model's):
+            # the prompt is already in expanded form.
+            extra = {"attention_mask": attention_mask} if attention_mask is not None else {}
+            if inputs_embeds is not None:
+                extra["inputs_embeds"] = inputs_embeds
+            return super().generate(input_ids, **extra, **kwargs)
         if not pixels:
             continuation = self._continue_from_cache(kwargs, input_ids, attention_mask)
             if continuation is not None:
