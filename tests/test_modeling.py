@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoModelForMultimodalLM
@@ -49,7 +51,9 @@ def test_config_round_trip(tmp_path):
     config.save_pretrained(tmp_path)
     loaded = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(loaded, LongVUConfig)
-    assert loaded.to_diff_dict() | {"_name_or_path": ""} == config.to_diff_dict() | {"_name_or_path": ""}
+    saved = loaded.to_diff_dict()
+    assert saved.pop("auto_map")["AutoConfig"] == "configuration_longvu.LongVUConfig"  # Hub remote code
+    assert saved | {"_name_or_path": ""} == config.to_diff_dict() | {"_name_or_path": ""}
     assert loaded.video_token_id == V and loaded.image_token_id == I
     with pytest.raises(ValueError, match="video_size_convention"):
         LongVUConfig(video_size_convention="sideways")
@@ -344,6 +348,30 @@ def test_bad_inputs_raise_clear_errors(model):
         model(input_ids=torch.tensor([[5, V, 7]]), **{**inputs, "pixel_values_videos_dino": None})
     with pytest.raises(ValueError, match="leaves no room"):
         model(input_ids=torch.full((1, 1100), 5).index_fill(1, torch.tensor([3]), V), **inputs)
+
+
+@pytest.mark.parametrize(
+    "pixels, message",
+    [
+        (lambda u8: u8.double() / 255, "dtype torch.float64"),
+        (lambda u8: u8.int(), "dtype torch.int32"),
+        (lambda u8: u8.long(), "dtype torch.int64"),
+        (lambda u8: u8.float(), "look like raw 0..255"),
+    ],
+)
+def test_pixels_in_the_wrong_form_are_refused(model, pixels, message):
+    inputs = random_video_inputs(2)
+    inputs["pixel_values_videos"] = pixels(inputs["pixel_values_videos"])
+    ids = torch.tensor([[5, V, 7]])
+    for call in (model, lambda **kw: model.generate(**kw, max_new_tokens=1)):
+        with pytest.raises(ValueError, match=f"`pixel_values_videos` .*{re.escape(message)}"):
+            call(input_ids=ids, **inputs)
+
+
+def test_float_input_ids_are_refused(model):
+    for call in (model, lambda **kw: model.generate(**kw, max_new_tokens=1)):
+        with pytest.raises(ValueError, match="`input_ids` must hold integer token ids, got dtype torch.float32"):
+            call(input_ids=torch.tensor([[5.0, float(V), 7.0]]), **random_video_inputs(2))
 
 
 def test_video_features_without_a_prompt_get_the_whole_context(model):

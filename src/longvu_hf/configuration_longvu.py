@@ -213,6 +213,14 @@ class LongVUConfig(PreTrainedConfig):
             tie_word_embeddings = getattr(self.text_config, "tie_word_embeddings", False)
         super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
 
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """`PreTrainedConfig.save_pretrained`, plus the flat remote code and `auto_map`s that let the folder load with
+        `trust_remote_code=True` where longvu-hf is not installed (`remote_code.py`). `model.save_pretrained` and the
+        Trainer's checkpoints come through here."""
+        from .remote_code import save_with_remote_code
+
+        return save_with_remote_code(super().save_pretrained, save_directory, push_to_hub, kwargs)
+
     @property
     def query_grid_size(self) -> int:
         """Side of the SVA query grid: 12 for 144 queries, 24 for 576."""

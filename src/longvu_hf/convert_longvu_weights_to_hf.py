@@ -670,13 +670,13 @@ def _read_json(path: Path, argument: str) -> dict | None:
 def write_converted_folder(
     folder: Path, model: LongVUForConditionalGeneration, processor, max_shard_size: str, card: dict
 ) -> None:
-    """Weights and configs (`save_pretrained`), tokenizer and processor, remote code with `auto_map`s, model card."""
+    """Weights and configs, tokenizer and processor, remote code with `auto_map`s (all by `save_pretrained`), model
+    card."""
     from . import hub
 
     model.save_pretrained(folder, max_shard_size=max_shard_size)
     if processor is not None:
         processor.save_pretrained(folder)
-    hub.write_remote_code(folder, with_processor=processor is not None)
     hub.write_model_card(
         folder,
         model.config,

@@ -46,6 +46,32 @@ VISUAL_INPUT_NAMES = (
 )
 
 
+
+# Normalised pixels stay within a few units (SigLIP: -1..1, DINOv2: about -2.1..2.6); values beyond this are raw 0..255.
+_NORMALISED_PIXEL_LIMIT = 10.0
+_ACCEPTED_FLOAT_PIXELS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_pixel_values(pixels: torch.Tensor, name: str) -> None:
+    """Pixels come as the processor returns them: uint8 0..255 (normalised on the model's device) or float32/16/bf16
+    already normalised. Anything else would be read wrongly without a word, so it is refused."""
+    expected = "uint8 (0..255, normalised by the model) or float32/float16/bfloat16 already normalised"
+    if pixels.dtype == torch.uint8:
+        return
+    if pixels.dtype not in _ACCEPTED_FLOAT_PIXELS:
+        raise ValueError(f"`{name}` has dtype {pixels.dtype}; expected {expected}")
+    if pixels.numel() and float(pixels.detach().abs().amax()) > _NORMALISED_PIXEL_LIMIT:
+        raise ValueError(
+            f"`{name}` holds float values up to {float(pixels.detach().abs().amax()):.0f}, which look like raw 0..255 "
+            f"pixels; expected {expected} (the processor returns uint8)"
+        )
+
+
+def check_input_ids(input_ids: torch.Tensor | None) -> None:
+    if input_ids is not None and (input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool):
+        raise ValueError(f"`input_ids` must hold integer token ids, got dtype {input_ids.dtype}")
+
+
 class CompressionReports(Sequence):
     """The compression report of each video (or image) of a call, in placeholder order: read-only dicts.
 
@@ -254,6 +280,7 @@ class LongVUModel(LongVUPreTrainedModel):
     def _check_pixels(self, pixels: torch.Tensor, size: int, name: str):
         if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[-2:] != (size, size):
             raise ValueError(f"`{name}` must have shape (frames, 3, {size}, {size}), got {tuple(pixels.shape)}")
+        check_pixel_values(pixels, name)
 
     def siglip_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """SigLIP features of the last encoder layer (before `post_layernorm`), resized to the 24x24 grid."""
@@ -783,6 +810,7 @@ class LongVUModel(LongVUPreTrainedModel):
     ) -> LongVUModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`")
+        check_input_ids(input_ids)
         if pixel_values_videos is not None or pixel_values is not None:
             if mm_encoder_outputs:
                 raise ValueError("Pass either pixel inputs or pre-computed `mm_encoder_outputs`, not both")
@@ -1045,6 +1073,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         for name in VISUAL_INPUT_NAMES:
             kwargs.pop(name, None)
         input_ids = inputs if inputs is not None else kwargs.pop("input_ids", None)
+        check_input_ids(input_ids)
         attention_mask = kwargs.pop("attention_mask", None)
         inputs_embeds = kwargs.pop("inputs_embeds", None)
         pixels = [n for n in ("pixel_values", "pixel_values_videos") if n in visual]

@@ -201,6 +201,14 @@ class LongVUProcessor(ProcessorMixin):
             chat_template = get_chat_template(backbone, self.video_token, self.image_token)
         super().__init__(tokenizer, video_processor, chat_template=chat_template, **kwargs)
 
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """transformers' `save_pretrained`, plus the flat remote code and `auto_map`s that let the folder load with
+        `trust_remote_code=True` where longvu-hf is not installed (`remote_code.py`)."""
+        from ..remote_code import save_with_remote_code
+
+        return save_with_remote_code(super().save_pretrained, save_directory, push_to_hub, kwargs)
+
     @staticmethod
     def _tokenizer_token(tokenizer, name: str) -> str | None:
         try:

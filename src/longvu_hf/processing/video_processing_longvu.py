@@ -281,6 +281,13 @@ class LongVUVideoProcessor(BaseVideoProcessor):
     def __init__(self, **kwargs: Unpack[LongVUVideoProcessorKwargs]):
         super().__init__(**kwargs)
 
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        """transformers' `save_pretrained`, plus the flat remote code and `auto_map`s that let the folder load with
+        `trust_remote_code=True` where longvu-hf is not installed (`remote_code.py`)."""
+        from ..remote_code import save_with_remote_code
+
+        return save_with_remote_code(super().save_pretrained, save_directory, push_to_hub, kwargs)
+
     @contextlib.contextmanager
     def frame_progress(self, callback: Callable[[int], None]) -> Iterator[None]:
         """Within the block, `callback(n)` is called each time `n` more video frames have been decoded and resized.
