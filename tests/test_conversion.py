@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -502,8 +503,9 @@ def test_remote_code_loads_without_the_package(tmp_path):
 def test_model_card_front_matter(converted_qwen):
     card = ModelCard.load(converted_qwen / "README.md")
     data = card.data.to_dict()
-    assert (data["library_name"], data["pipeline_tag"], data["license"]) == ("transformers", "video-text-to-text",
+    assert (data["library_name"], data["pipeline_tag"], data["license"]) == ("transformers", "any-to-any",
                                                                              "apache-2.0")
+    assert "video-text-to-text" in data["tags"]
     assert data["base_model"] == "Vision-CAIR/LongVU_Qwen2_7B" and data["base_model_relation"] == "finetune"
     results = {r["dataset"]["name"]: r["metrics"][0]["value"] for r in data["model-index"][0]["results"]}
     assert results["EgoSchema (500-question subset)"] == 67.6 and results["MLVU dev, M-avg"] == 65.4
@@ -511,6 +513,25 @@ def test_model_card_front_matter(converted_qwen):
     assert "| `stc_threshold`, `stc_window_size` | 0.7, 8 |" in card.text and "| `num_queries` | 144 |" in card.text
     assert "suppress_tokens` lists the 28 ids" in card.text.replace("\n", " ")
     assert str(converted_qwen.parent) not in card.text  # no local paths of the converting machine
+
+
+def test_model_card_pipeline_tag_runs_without_a_task(tmp_path, converted_qwen, make_video, monkeypatch):
+    """`pipeline(model=repo_id)` takes the task from the card's `pipeline_tag` on the Hub; here the Hub's answer is
+    the converted card's front matter, and the pipeline it names runs on the folder."""
+    import transformers.pipelines as pipelines
+    from transformers import pipeline
+
+    data = ModelCard.load(converted_qwen / "README.md").data
+    monkeypatch.setattr(pipelines, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(pipelines, "hf_api", lambda: SimpleNamespace(
+        model_info=lambda model, token=None: SimpleNamespace(pipeline_tag=data.pipeline_tag,
+                                                             library_name=data.library_name)))
+    answerer = pipeline(model=str(converted_qwen), dtype=torch.float32)
+    assert answerer.task == data.pipeline_tag
+    video = make_video(tmp_path / "clip.mp4", fps=2, num_frames=4)
+    messages = [{"role": "user", "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": "What"}]}]
+    result = answerer(text=messages, max_new_tokens=3, return_full_text=False, generate_kwargs={"do_sample": False})
+    assert isinstance(result[0]["generated_text"], str)
 
 
 @pytest.mark.parametrize("release", ["LongVU_Qwen2_7B", "LongVU_Llama3_2_1B_img"])

@@ -47,6 +47,13 @@ _LLM_NAMES = {
 PAPER_URL = "https://arxiv.org/abs/2410.17434"
 
 
+def card_pipeline_tag(checkpoint_kind: str) -> str:
+    """The card's `pipeline_tag`: a task transformers has a pipeline for, so that `pipeline(model=repo_id)` (which
+    reads the tag from the Hub) works. Videos go through `any-to-any` (transformers has no `video-text-to-text`
+    pipeline; `image-text-to-text` takes no videos); image checkpoints through `image-text-to-text`."""
+    return "any-to-any" if checkpoint_kind == "video" else "image-text-to-text"
+
+
 def _llm_name(config, release: str | None) -> str:
     for key, name in _LLM_NAMES.items():
         if release and key in release:
@@ -104,7 +111,7 @@ def render_model_card(
     ]
     card_data = ModelCardData(
         library_name="transformers",
-        pipeline_tag="video-text-to-text" if checkpoint_kind == "video" else "image-text-to-text",
+        pipeline_tag=card_pipeline_tag(checkpoint_kind),
         license="apache-2.0",
         language=["en"],
         base_model=base_model,
@@ -141,6 +148,25 @@ def render_model_card(
         package_version=__version__,
     )
     return str(card)
+
+
+def write_adapter_card(folder: str | os.PathLike) -> Path:
+    """Set the front matter of a LoRA adapter folder's card (peft writes `text-generation`): library `peft`, the
+    pipeline tag of a LongVU video model, the base model when it is a Hub id, LongVU's tags."""
+    import json
+
+    from huggingface_hub import ModelCard
+
+    folder = Path(folder)
+    path = folder / "README.md"
+    card = ModelCard.load(path) if path.is_file() else ModelCard("---\n---\n")
+    base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    card.data.library_name = "peft"
+    card.data.pipeline_tag = card_pipeline_tag("video")
+    card.data.base_model = base if base and not Path(base).expanduser().exists() else None
+    card.data.tags = sorted(set(card.data.tags or []) | {"longvu", "lora", "video-text-to-text"})
+    card.save(path)
+    return path
 
 
 def write_model_card(folder: str | os.PathLike, config, **card_kwargs) -> Path:
