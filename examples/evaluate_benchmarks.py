@@ -140,5 +140,6 @@ if __name__ == "__main__":
     try:
         main()
     except (FileNotFoundError, ValueError) as error:
-        # Bad input: a clear message, not a traceback.
-        sys.exit(f"error: {error}")
+        # Bad input: one line and exit status 2, not a traceback.
+        print(f"evaluate_benchmarks.py: error: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)

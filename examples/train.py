@@ -16,20 +16,33 @@ import torch.distributed as dist
 
 import longvu_hf  # noqa: F401  (registers LongVU with the Auto classes)
 from longvu_hf.training.model_setup import qlora_quantization_config
-from longvu_hf.training.recipe import parse_config, train
+from longvu_hf.training.recipe import build_trainer, parse_config, train
+
+
+def fail(error: BaseException) -> None:
+    """A user error: one line on stderr, exit status 2."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    print(f"train.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0].startswith("-"):
-        raise SystemExit("usage: train.py CONFIG.yaml [--option value ...]")
+        print("usage: train.py CONFIG.yaml [--option value ...]", file=sys.stderr)
+        raise SystemExit(2)
     try:
         model_args, data_args, training_args = parse_config(argv[0], argv[1:])
         if model_args.finetuning == "qlora":
             qlora_quantization_config()  # fails here, with one clear line, on a machine without a CUDA GPU
     except (ValueError, FileNotFoundError, RuntimeError) as error:
-        raise SystemExit(f"train.py: {error}") from None
-    train(model_args, data_args, training_args)
+        fail(error)
+    try:
+        # Loading the model and checking the data before the first step: bad input stops here, nothing is written.
+        trainer = build_trainer(model_args, data_args, training_args)
+    except (ValueError, OSError) as error:  # OSError: also what from_pretrained raises for an unknown Hub id
+        fail(error)
+    train(model_args, data_args, training_args, trainer=trainer)
     if dist.is_available() and dist.is_initialized():
         # Tear the process group down before interpreter exit: leaving it to destructors can abort a rank at exit
         # ("terminate called without an active exception") after the run itself succeeded.

@@ -22,6 +22,8 @@ _SRC = Path(__file__).resolve().parents[1] / "src"
 if str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))
 
+from longvu_hf.tiny import tiny_tokenizer as tiny_tokenizer_of_the_package  # noqa: E402
+
 GOLDEN_DIR = Path(__file__).resolve().parent / "fixtures" / "golden"
 
 
@@ -94,63 +96,8 @@ def make_video_fixture():
 # Tiny tokenizer
 # ----------------------------------------------------------------------------------------------------------------------
 
-SPECIAL_TOKENS = [
-    "<unk>",
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<video>",
-    "<image>",
-    "<|begin_of_text|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eot_id|>",
-]
-WORDS = (
-    "system user assistant You are a helpful . , ? ! : What is happening in this video image Describe the main "
-    "events clip Question Options A B C D E Respond with only letter of correct option red square moves left right "
-    "up down and it yes no"
-).split()
-
-
-def make_tiny_tokenizer(
-    extra_words: tuple[str, ...] = (),
-    video_token: str = "<video>",
-    image_token: str = "<image>",
-    padding_side: str | None = "left",
-    num_filler_words: int = 32,
-):
-    """A word-level `PreTrainedTokenizerFast` built offline (HF_CONVENTIONS.md §14).
-
-    Vocabulary: the ChatML and Llama-3 control tokens, the placeholders (special, registered as
-    `tokenizer.video_token` / `tokenizer.image_token`), the words of `WORDS` + `extra_words`, and `num_filler_words`
-    words "w0", "w1", ... so that random models generate something decodable. `len(tokenizer)` is the vocab size.
-    Pad token `<|endoftext|>`, EOS `<|im_end|>`, no BOS (like Qwen2). `padding_side=None` leaves it unset.
-    """
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-    from transformers import PreTrainedTokenizerFast
-
-    specials = [token for token in SPECIAL_TOKENS if token not in ("<video>", "<image>")] + [video_token, image_token]
-    words = list(dict.fromkeys(list(WORDS) + list(extra_words) + [f"w{i}" for i in range(num_filler_words)]))
-    vocab = {token: index for index, token in enumerate(specials + words)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
-    options = {} if padding_side is None else {"padding_side": padding_side}
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        extra_special_tokens={"video_token": video_token, "image_token": image_token},
-        **options,
-    )
-    # Control tokens are special: decoding with skip_special_tokens drops them.
-    tokenizer.add_special_tokens(
-        {"extra_special_tokens": [t for t in SPECIAL_TOKENS if t not in ("<video>", "<image>", "<unk>")]},
-        replace_extra_special_tokens=False,
-    )
-    return tokenizer
+# The package's offline tokenizer (`longvu_hf.tiny.tiny_tokenizer`): control tokens, placeholders, a few words.
+make_tiny_tokenizer = tiny_tokenizer_of_the_package
 
 
 @pytest.fixture(name="make_tiny_tokenizer")

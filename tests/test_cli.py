@@ -116,7 +116,7 @@ def test_decoding_bar_counts_the_sampled_frames(loaded, video, monkeypatch):
             self.closed = True
 
     bars = []
-    monkeypatch.setattr(cli, "_bar", lambda quiet, **kwargs: bars.append(RecordingBar(**kwargs)) or bars[-1])
+    monkeypatch.setattr(cli.progress, "_bar", lambda quiet, **kwargs: bars.append(RecordingBar(**kwargs)) or bars[-1])
     _, processor = loaded
     inputs, _ = cli.prepare_inputs(processor, Path(video), QUESTION, 2.0, None, quiet=False)
     assert len(bars) == 1 and bars[0].closed
@@ -265,8 +265,8 @@ def test_effective_budget_and_per_call_override(loaded):
 def test_unknown_video_in_a_subprocess(model_dir, tmp_path):
     done = run_cli("ask", tmp_path / "missing.mp4", QUESTION, "--model", model_dir)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"longvu ask: error: video {tmp_path / 'missing.mp4'}: no such file; "
-                                                "check the path"]
+    assert done.stderr.strip().splitlines() == [f"longvu ask: error: video {tmp_path / 'missing.mp4'}: no such file "
+                                                "or folder; check the path (or give an http(s) URL)"]
     assert done.stdout == ""
 
 
@@ -286,6 +286,68 @@ def _no_weights(folder: Path) -> Path:
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "longvu"}))
     return folder
+
+
+def _copy_of(model_dir: Path, folder: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(model_dir, folder))
+
+
+def _truncated_weights(model_dir: Path, folder: Path) -> Path:
+    folder = _copy_of(model_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return folder
+
+
+def _pickle_weights(model_dir: Path, folder: Path) -> Path:
+    folder = _copy_of(model_dir, folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"never": torch.zeros(1)}, folder / "pytorch_model.bin")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "make_model, expected",
+    [
+        (lambda tmp, model_dir: str(_truncated_weights(model_dir, tmp / "truncated")),
+         "cannot load its weights (SafetensorError"),
+        (lambda tmp, model_dir: str(_pickle_weights(model_dir, tmp / "pickled")),
+         "only safetensors are loaded"),
+    ],
+    ids=["truncated-weights", "pickle-weights"],
+)
+def test_broken_weights_are_one_line(make_model, expected, model_dir, video, tmp_path, capsys):
+    assert cli.main(["ask", str(video), QUESTION, "--model", make_model(tmp_path, model_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
+def test_url_videos_reach_the_processor(model_dir, capsys):
+    # A URL is handed to the processor (which fetches it); offline, that ends in one line naming the URL.
+    url = "https://example.invalid/clip.mp4"
+    assert cli.check_video(url) == url
+    assert cli.main(["ask", url, QUESTION, "--model", str(model_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and url in err[0] and "no such file" not in err[0], err
+
+
+def test_num_frames_option_and_its_exclusion_with_fps(loaded, video, capsys):
+    _, processor = loaded
+    inputs, _ = cli.prepare_inputs(processor, Path(video), QUESTION, None, None, quiet=True, num_frames=3)
+    assert inputs["video_num_frames"].tolist() == [3]
+    assert cli.main(["ask", str(video), QUESTION, "--fps", "1", "--num-frames", "3"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_demo_save_writes_a_model_the_commands_load(tmp_path, video, capsys):
+    folder = tmp_path / "tiny"
+    assert cli.main(["demo", "--save", str(folder)]) == 0
+    assert cli.main(["ask", str(video), QUESTION, "--model", str(folder), "--quiet", "--max-new-tokens", "2"]) == 0
+    capsys.readouterr()
+    assert cli.main(["demo", "--save", str(folder)]) == 2  # never over an existing model
+    assert "not empty" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -355,3 +417,21 @@ def test_convert_forwards_to_the_converter(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert cli.main(["convert", "--help"]) == 0
     assert "--siglip" in capsys.readouterr().out
+
+
+def test_lora_adapter_folder_loads_on_its_base(model_dir, video, tmp_path, capsys):
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(model_dir)
+    adapted = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter_dir = tmp_path / "adapter"
+    adapted.save_pretrained(adapter_dir)  # adapter_config.json names model_dir as its base
+    model, processor = cli.load_model_and_processor(adapter_dir, str(adapter_dir), "cpu", "auto", quiet=True)
+    expected = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(model_dir), adapter_dir)
+    inputs, _ = model_inputs(processor, video, 1.0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, expected.merge_and_unload()(**inputs).logits)
+        plain = AutoModelForImageTextToText.from_pretrained(model_dir)
+        assert not torch.allclose(model(**inputs).logits, plain(**inputs).logits)  # the adapter does something
+    assert cli.main(["ask", str(video), QUESTION, "--model", str(adapter_dir), "--quiet", "--max-new-tokens", "2"]) == 0

@@ -535,7 +535,6 @@ def test_missing_file(processor, tmp_path):
         ("truncated_faststart", "truncated or corrupt"),
         ("no_frames", "no video stream|no frames|Could not open"),
         ("unsupported_codec", "unsupported codec|Could not open"),
-        ("too_short", "shorter than one sampling step"),
     ],
 )
 def test_bad_files_raise_value_error_naming_the_file(processor, bad_files, backend, kind, message):
@@ -543,6 +542,15 @@ def test_bad_files_raise_value_error_naming_the_file(processor, bad_files, backe
     with pytest.raises(ValueError, match=message) as error:
         processor(str(path), video_backend=backend)
     assert path.name in str(error.value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_clip_shorter_than_one_step_keeps_its_first_frame(processor, bad_files, backend):
+    # 5 frames at 8 fps, sampled at 1 fps (one frame every 8): the reference's range(0, 5, 8) takes frame 0.
+    out = processor(str(bad_files["too_short"]), video_backend=backend, return_metadata=True)
+    assert out["video_num_frames"].tolist() == [1]
+    assert list(out["video_metadata"][0].frames_indices) == [0]
+    assert out["video_num_frames"].tolist() == processor(str(bad_files["too_short"]), fps=0.1)["video_num_frames"].tolist()
 
 
 def test_unsupported_codec_message_with_pyav(processor, bad_files):
@@ -581,8 +589,28 @@ def test_save_and_load(tmp_path, videos):
     custom.save_pretrained(tmp_path)
     reloaded = AutoVideoProcessor.from_pretrained(tmp_path)
     assert isinstance(reloaded, LongVUVideoProcessor)
-    assert reloaded.to_dict() == custom.to_dict()
+    saved = reloaded.to_dict()
+    assert saved.pop("auto_map") == {"AutoVideoProcessor": "video_processing_longvu.LongVUVideoProcessor"}
+    assert saved == custom.to_dict()
     assert (reloaded.max_frames, reloaded.default_fps, reloaded.resize_backend) == (2, 2.0, "torch")
     path = str(videos["landscape_25"])
     assert torch.equal(reloaded(path)["pixel_values_videos"], custom(path)["pixel_values_videos"])
     assert reloaded(path, return_metadata=True)["video_metadata"][0].frames_indices == [0, 48]
+
+
+@pytest.mark.parametrize("backend, extra", [("torchcodec", "longvu-hf[torchcodec]"), ("decord", "longvu-hf[decord]")])
+def test_missing_backend_names_the_extra(processor, videos, monkeypatch, backend, extra):
+    from longvu_hf.processing import video_decoding
+
+    usable = video_decoding._backend_usable
+    monkeypatch.setattr(video_decoding, "_backend_usable", lambda name: name != backend and usable(name))
+    with pytest.raises(ImportError, match=re.escape(extra)):
+        processor(str(videos["landscape_25"]), video_backend=backend)
+
+
+def test_every_decoder_is_installed_where_required():
+    # CI installs the [video] extra and sets LONGVU_REQUIRE_ALL_BACKENDS=1: a decoder missing there fails here
+    # instead of silently skipping the backend-parametrised tests.
+    if os.environ.get("LONGVU_REQUIRE_ALL_BACKENDS") != "1":
+        pytest.skip("only where LONGVU_REQUIRE_ALL_BACKENDS=1 (CI)")
+    assert set(BACKENDS) == {"torchcodec", "decord", "pyav"}, f"usable decoders: {BACKENDS}"

@@ -1,10 +1,11 @@
-"""Tiny random LongVU models for tests (no network, built in code)."""
+"""Tiny random LongVU models for tests (no network, built in code): `longvu_hf.tiny` with fixed test ids."""
 
 from __future__ import annotations
 
 import torch
 
 from longvu_hf import LongVUConfig, LongVUForConditionalGeneration
+from longvu_hf import tiny as longvu_tiny
 
 TINY_VOCAB = 128
 TINY_VIDEO_TOKEN_ID = 120
@@ -18,52 +19,8 @@ def tiny_config(
     text_model_type: str = "qwen2",
     **overrides,
 ) -> LongVUConfig:
-    """A LongVU config with real input geometry (384/378 px, 24x24 grids, 12x12 queries) and tiny widths."""
-    text_config = {
-        "model_type": text_model_type,
-        "vocab_size": vocab_size,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
-        "tie_word_embeddings": False,
-        "pad_token_id": 0,
-        "eos_token_id": 2,
-        "bos_token_id": 1,
-    }
-    if text_model_type == "llama":
-        text_config["tie_word_embeddings"] = True
-    kwargs = {
-        "text_config": text_config,
-        "vision_config": {
-            "model_type": "siglip_vision_model",
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 384,
-            "patch_size": 14,
-        },
-        "dino_config": {
-            "model_type": "dinov2",
-            "hidden_size": 16,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "mlp_ratio": 2,
-            "use_swiglu_ffn": True,
-            "image_size": 518,
-            "patch_size": 14,
-        },
-        "aggregator_hidden_size": 32,
-        "aggregator_num_heads": 4,
-        "video_token_index": video_token_id,
-        "image_token_index": image_token_id,
-        "max_context_length": 1024,
-    }
-    kwargs.update(overrides)
-    return LongVUConfig(**kwargs)
+    """The package's tiny config (`longvu_hf.tiny.tiny_config`) with the test vocabulary's ids as defaults."""
+    return longvu_tiny.tiny_config(video_token_id, image_token_id, vocab_size, text_model_type, **overrides)
 
 
 def make_tiny_model(tokenizer=None, seed: int = 0, **config_overrides) -> LongVUForConditionalGeneration:

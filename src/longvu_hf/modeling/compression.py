@@ -37,6 +37,12 @@ def visual_budget(max_context_length: int, text_length: int, margin: int) -> int
     return max_context_length - text_length - margin
 
 
+def max_text_length(max_context_length: int, margin: int, visual_tokens: int) -> int:
+    """The longest text that still leaves `visual_tokens` for the video: `visual_budget` solved for the text
+    (`visual_budget(max_context_length, max_text_length(...), margin) == visual_tokens`)."""
+    return visual_budget(max_context_length, visual_tokens, margin)
+
+
 def frame_budget(budget: int, tokens_per_frame: int) -> int:
     """Frames of `tokens_per_frame` tokens (newlines not counted) that fit `budget`, at least 1."""
     return max(1, budget // tokens_per_frame)

@@ -552,6 +552,14 @@ def _backend_usable(backend: str) -> bool:
     return False
 
 
+BACKEND_INSTALL_HINTS = {
+    "pyav": "video_backend='pyav' needs PyAV: pip install av (installed with longvu-hf)",
+    "torchcodec": "video_backend='torchcodec' needs torchcodec and FFmpeg's shared libraries: "
+    "pip install 'longvu-hf[torchcodec]' (and FFmpeg 4-7, e.g. apt-get install ffmpeg)",
+    "decord": "video_backend='decord' needs decord: pip install 'longvu-hf[decord]'",
+}
+
+
 def available_video_backends() -> list[str]:
     """The file decoders usable here, in the order "auto" tries them."""
     return [backend for backend in AUTO_BACKEND_ORDER if _backend_usable(backend)]
@@ -562,7 +570,10 @@ def _auto_backend() -> str:
     for backend in AUTO_BACKEND_ORDER:
         if _backend_usable(backend):
             return backend
-    raise ImportError("Decoding video files needs PyAV (`pip install av`), torchcodec or decord.")
+    raise ImportError(
+        "Decoding video files needs PyAV (pip install av, installed with longvu-hf), torchcodec "
+        "(pip install 'longvu-hf[torchcodec]') or decord (pip install 'longvu-hf[decord]')"
+    )
 
 
 def _download(url: str) -> bytes:
@@ -587,6 +598,8 @@ def open_video_file(location: str, backend: str | None = None, name: str | None 
         backend = _auto_backend()
     if backend not in VIDEO_BACKENDS:
         raise ValueError(f"`video_backend` must be one of {('auto',) + VIDEO_BACKENDS}, got {backend!r}")
+    if not _backend_usable(backend):
+        raise ImportError(BACKEND_INSTALL_HINTS[backend])
     source: str | bytes = _download(location) if is_url else location
     if backend == "pyav":
         return PyAVFrameSource(source, name)

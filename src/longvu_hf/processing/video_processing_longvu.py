@@ -193,12 +193,7 @@ def sample_frame_indices(
     else:
         rate = fps if fps is not None else default_fps
         step = reference_frame_stride(average_fps, rate)
-        if clip_length < step:
-            raise ValueError(
-                f"{video_name} is shorter than one sampling step: {clip_length} frames "
-                f"({clip_length / average_fps:.2f} s at {average_fps:.3f} fps), but sampling at {rate} fps takes one "
-                f"frame every {step} frames. Pass a higher `fps`, or `num_frames`."
-            )
+        # A clip shorter than one step keeps its first frame, as the reference's `range(0, len(vr), step)` does.
         indices = np.arange(start, end, step, dtype=np.int64)
 
     if max_frames is not None and len(indices) > max_frames:

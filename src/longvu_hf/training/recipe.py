@@ -18,10 +18,11 @@ import torch
 from transformers import AutoProcessor, AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 
 from ..modeling import LongVUForConditionalGeneration
+from ..modeling.compression import max_text_length
 from ..processing import LongVUProcessor, LongVUVideoProcessor
 from ..transformers_compat import training_arguments_for_installed_release
 from .collator import LABEL_MODES, LongVUDataCollator
-from .data import load_conversation_dataset
+from .data import load_conversation_dataset, resolve_media_path
 from .model_setup import (
     LLM_LORA_TARGET_MODULES,
     LORA_MODULES_TO_SAVE,
@@ -148,6 +149,13 @@ class DataArguments:
     video_length_estimate: int = field(default=1024, metadata={"help": "Tokens counted per video for length grouping."})
     dataset_cache_dir: str | None = None
     preprocessing_num_workers: int | None = None
+    max_missing_media_share: float = field(
+        default=0.01,
+        metadata={
+            "help": "Stop before training when more than this share of the samples name media files that do not "
+            "exist (a wrong media_root, an incomplete download); fewer are skipped with a warning."
+        },
+    )
 
     def __post_init__(self):
         if self.label_mode not in LABEL_MODES:
@@ -184,6 +192,49 @@ def parse_config(
     if not data_args.data_files:
         raise ValueError(f"{config_path}: `data_files` is required")
     return model_args, data_args, training_args
+
+
+MODEL_PATH_ARGUMENTS = (
+    "model_name_or_path", "text_model_name_or_path", "vision_model_name_or_path", "dino_model_name_or_path",
+    "processor_name_or_path",
+)
+
+
+def check_paths(model_args: ModelArguments, data_args: DataArguments) -> None:
+    """Before anything is loaded: every model path names a folder that exists (or, as `org/name` while the Hub is
+    reachable, a Hub id), the media root exists. One line that names the option otherwise."""
+    from huggingface_hub import constants
+
+    for name in MODEL_PATH_ARGUMENTS:
+        value = getattr(model_args, name, None)
+        if not value or os.path.exists(os.path.expanduser(value)):
+            continue
+        clearly_local = value.startswith(("/", ".", "~")) or value.count("/") != 1 or os.path.isdir(value.split("/")[0])
+        if clearly_local:
+            raise FileNotFoundError(f"{name} {value}: no such folder; check the path (or convert the checkpoint)")
+        if constants.HF_HUB_OFFLINE:
+            raise FileNotFoundError(
+                f"{name} {value}: no such local folder, and HF_HUB_OFFLINE is set, so it cannot be a Hub id either"
+            )
+    if data_args.media_root is not None and not os.path.isdir(data_args.media_root):
+        raise FileNotFoundError(f"media_root {data_args.media_root}: no such folder")
+
+
+def check_media_files(dataset, media_root: str | None, max_missing_share: float) -> None:
+    """Stop before training (nothing is written) when more than `max_missing_share` of the samples with media name
+    files that do not exist; the collator would skip them all and train on whatever is left."""
+    paths = [p for p in dataset["media_path"] if p]
+    if not paths:
+        return
+    missing = [p for p in paths if not os.path.exists(resolve_media_path(p, media_root))]
+    if len(missing) > max_missing_share * len(paths):
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(paths)} training samples name media files that do not exist under media_root "
+            f"{media_root!r} (the first: {missing[0]!r}); fix media_root or the data files "
+            f"(max_missing_media_share={max_missing_share})"
+        )
+    if missing:
+        logger.warning("%d of %d media files do not exist; those samples are skipped", len(missing), len(paths))
 
 
 def apply_global_batch_size(training_args: TrainingArguments, global_batch_size: int | None) -> None:
@@ -261,6 +312,7 @@ def build_trainer(
     if training_args.remove_unused_columns:
         # The collator needs the raw columns (paths, turns); Trainer would drop them as unknown to `forward`.
         training_args.remove_unused_columns = False
+    check_paths(model_args, data_args)
     apply_global_batch_size(training_args, data_args.global_batch_size)
     set_seed(training_args.seed)  # new weights (aggregator, projector, window position embeddings) are reproducible
     processor = build_processor(model_args)
@@ -270,7 +322,8 @@ def build_trainer(
     if max_length is None:
         # Text longer than this would leave no room for one full-resolution frame in the model's context budget.
         config = model.config
-        max_length = config.max_context_length - config.context_margin - config.num_queries - config.query_grid_size
+        frame_tokens = config.num_queries + config.query_grid_size  # one full-resolution frame, with its row ends
+        max_length = max_text_length(config.max_context_length, config.context_margin, frame_tokens)
     with training_args.main_process_first(desc="loading the training data"):
         dataset = load_conversation_dataset(
             data_args.data_files,
@@ -278,6 +331,7 @@ def build_trainer(
             cache_dir=data_args.dataset_cache_dir,
             num_proc=data_args.preprocessing_num_workers,
         )
+    check_media_files(dataset, data_args.media_root, data_args.max_missing_media_share)
     collator = LongVUDataCollator(
         processor,
         media_root=data_args.media_root,
@@ -312,9 +366,12 @@ def save_merged_model(adapter_dir: str, output_dir: str, dtype: torch.dtype, pro
         processor.save_pretrained(output_dir)
 
 
-def train(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments):
-    """Run one training job and save its result in `training_args.output_dir`; returns the trainer."""
-    trainer = build_trainer(model_args, data_args, training_args)
+def train(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments, trainer=None
+):
+    """Run one training job and save its result in `training_args.output_dir`; returns the trainer (`trainer`: one
+    `build_trainer` already made for these arguments, e.g. to report bad input before training starts)."""
+    trainer = trainer if trainer is not None else build_trainer(model_args, data_args, training_args)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     if trainer.is_fsdp_enabled:
         # Checkpoints during training may hold shards; the final model must be one loadable state dict.

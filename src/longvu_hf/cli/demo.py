@@ -1,0 +1,78 @@
+"""`longvu demo`: the whole pipeline offline, on a generated clip, with a tiny random model (`longvu_hf.tiny`)."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from ..tiny import save_tiny_model, tiny_model, tiny_tokenizer, write_scene_clip
+from .commands import write_report
+from .errors import EXIT_OK, CLIError
+from .models import load_model_and_processor, resolve_model
+from .pipeline import check_output_paths, prepare_inputs, print_summary, run_model
+
+DEMO_CONTEXT_LENGTH = 3500  # small enough that the 90-frame clip goes through selection and mixing (1024: STC)
+
+
+def demo_tokenizer():
+    """The tiny model's word-level tokenizer, built in code (no download)."""
+    return tiny_tokenizer()
+
+
+def demo_model(tokenizer, max_context_length: int = DEMO_CONTEXT_LENGTH):
+    """A tiny random LongVU with the real input geometry (384/378 px, 24x24 grids, 12x12 queries)."""
+    return tiny_model(tokenizer, max_context_length=max_context_length)
+
+
+def write_demo_clip(path: Path, seconds: int = 90, fps: int = 2, width: int = 128, height: int = 72) -> Path:
+    """The demo's clip: scenes of flat colour with a moving square (`longvu_hf.tiny.write_scene_clip`)."""
+    return write_scene_clip(path, seconds=seconds, fps=fps, width=width, height=height)
+
+
+def save_demo_model(args) -> int:
+    """`longvu demo --save DIR`: write the tiny random model and its processor, to try the commands offline."""
+    folder = Path(args.save).expanduser()
+    if folder.exists() and any(folder.iterdir()):
+        raise CLIError(f"--save {args.save}: the folder exists and is not empty; choose a new folder")
+    save_tiny_model(folder, max_context_length=args.max_context_length or DEMO_CONTEXT_LENGTH)
+    if not args.quiet:
+        print(f"longvu demo: wrote a tiny RANDOM-weights model to {folder}; try it with "
+              f"`longvu ask VIDEO \"question\" --model {folder}`", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    if args.save is not None:
+        return save_demo_model(args)
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        raise CLIError("the demo writes its clip with PyAV: pip install av (or pip install 'longvu-hf[video]')") from None
+    from transformers.utils import logging as hf_logging
+
+    args.out_path, args.json_path = check_output_paths(args.out, args.json, args.overwrite)
+    hf_logging.disable_progress_bar()  # saving and loading the tiny model are internal steps here
+    if not args.quiet:
+        print("longvu demo: a tiny model with RANDOM WEIGHTS on a generated clip; it shows the mechanics of the "
+              "compression, and its answer is noise.", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="longvu-demo-") as workdir:
+        workdir = Path(workdir)
+        video = write_demo_clip(workdir / "demo.mp4")
+        model_dir = save_tiny_model(
+            workdir / "tiny-random-longvu", max_context_length=args.max_context_length or DEMO_CONTEXT_LENGTH
+        )
+        args.max_context_length = None  # already the model's own setting
+        folder = resolve_model(str(model_dir), args.quiet)  # the same loading path as `ask`
+        model, processor = load_model_and_processor(folder, "tiny-random-longvu", "cpu", "auto", args.quiet)
+        if not args.quiet:
+            print("answer (random weights): ", end="", flush=True)
+        if args.out_path is None and args.json_path is None:
+            inputs, _ = prepare_inputs(processor, video, args.question, args.fps, args.max_frames, args.quiet,
+                                       num_frames=args.num_frames)
+            compression, _, budget = run_model(model, processor, inputs, args, args.quiet)
+            print_summary(compression, args.quiet, args.fps, budget)
+        else:
+            write_report(args, video, "tiny-random-longvu (random weights)", model, processor, random_weights=True,
+                         video_label="generated demo clip (90 s of coloured scenes)")
+    return EXIT_OK
