@@ -93,7 +93,7 @@ def compare(name: str, baseline_s: float, ours_s: float, identical: bool, **deta
 
 def bench_frame_selection(features, args, device) -> tuple[dict, torch.Tensor]:
     def ours():
-        kept, _ = C.select_frames(features, args.dino_threshold, args.dino_window, args.max_frames)
+        kept = C.select_frames(features, args.dino_threshold, args.dino_window, args.max_frames).indices
         return kept, features[kept.to(features.device)]
 
     def baseline():

@@ -15,15 +15,50 @@ def scene(seed: int, tokens: int = 6, dim: int = 8) -> torch.Tensor:
 def test_identical_frames_are_dropped_and_cuts_kept():
     # 16 frames of scene 0, except a scene cut at frame 3 (scene 1): the cut and the middle frame survive.
     frames = torch.stack([scene(1) if i == 3 else scene(0) for i in range(16)])
-    kept, scores = C.select_frames(frames, threshold=0.83, window_size=16, max_frames=400)
-    assert kept.tolist() == [3, 8]
-    assert len(scores) == 1 and scores[0].shape == (16,)
+    selection = C.select_frames(frames, threshold=0.83, window_size=16, max_frames=400)
+    assert selection.indices.tolist() == [3, 8]
+    assert len(selection.scores) == 1 and selection.scores[0].shape == (16,)
+    torch.testing.assert_close(selection.features, frames[[3, 8]])
 
 
 def test_middle_frame_of_every_window_is_kept():
     frames = scene(0).expand(40, -1, -1).clone()  # all identical: only the forced middles remain
-    kept, _ = C.select_frames(frames, threshold=0.83, window_size=16, max_frames=400)
+    kept = C.select_frames(frames, threshold=0.83, window_size=16, max_frames=400).indices
     assert kept.tolist() == [8, 24, 36]  # windows [0,16), [16,32), [32,40): middles 8, 24, 32+4
+
+
+@pytest.mark.parametrize("num_frames", [7, 16, 40, 1000])
+def test_selection_over_chunks_equals_the_whole_video(num_frames):
+    # The model encodes DINOv2 chunk by chunk and selects as the chunks arrive: same frames, features and scores.
+    base = torch.randn(1, 6, 8, generator=torch.Generator().manual_seed(1))
+    frames = base + 0.3 * torch.randn(num_frames, 6, 8, generator=torch.Generator().manual_seed(2))
+    whole = C.select_frames(frames, 0.83, 16, 400)
+    for chunk_size in (16, 48):
+        chunked = C.select_frames((frames[s : s + chunk_size] for s in range(0, num_frames, chunk_size)), 0.83, 16, 400)
+        assert torch.equal(chunked.indices, whole.indices) and torch.equal(chunked.features, whole.features)
+        assert all(torch.equal(a, b) for a, b in zip(chunked.scores, whole.scores))
+    held = C.select_frames(iter([frames]), 0.83, 16, 400, max_features_held=len(whole.indices) - 1)
+    assert held.features is None and torch.equal(held.indices, whole.indices)
+    with pytest.raises(ValueError, match="partial window"):
+        C.select_frames(iter([frames[:5], frames[5:]]), 0.83, 16, 400)
+
+
+def test_the_model_selects_frames_with_select_frames(monkeypatch):
+    from longvu_hf.modeling import modeling_longvu
+
+    from tiny_model import make_tiny_model
+
+    model = make_tiny_model(dino_window_size=4, vision_chunk_size=8)
+    calls = []
+    original = C.select_frames
+    monkeypatch.setattr(modeling_longvu.C, "select_frames", lambda *a, **k: calls.append(1) or original(*a, **k))
+    pixels = torch.randint(0, 256, (20, 3, 378, 378), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        indices, features, reduced = model.model.select_video_frames(pixels, frame_budget=10)
+        expected = original(model.model.dino_features(pixels), model.config.dino_threshold, 4,
+                            model.config.max_frames_after_selection)
+    assert calls and reduced and torch.equal(indices, expected.indices)
+    torch.testing.assert_close(features, expected.features)
 
 
 def test_window_scores_are_mean_cosine_similarities():
@@ -47,7 +82,7 @@ def test_cap_400_is_uniform_like_the_reference():
 
 def test_cap_applies_to_long_videos_only_after_selection():
     frames = torch.randn(1000, 2, 4, generator=torch.Generator().manual_seed(0))  # nothing alike: all kept
-    kept, _ = C.select_frames(frames, threshold=0.83, window_size=16, max_frames=400)
+    kept = C.select_frames(frames, threshold=0.83, window_size=16, max_frames=400).indices
     assert len(kept) == 400 and kept.tolist() == sorted(kept.tolist())
 
 

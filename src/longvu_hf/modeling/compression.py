@@ -18,7 +18,8 @@ Steps, in the order the model applies them:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -119,21 +120,55 @@ def cap_selected_frames(indices: torch.Tensor, num_frames: int, window_size: int
 
 
 def select_frames(
-    dino_features: torch.Tensor, threshold: float, window_size: int, max_frames: int
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Temporal reduction of a whole video (REFERENCE.md §3 steps 5-8).
+    dino_features: torch.Tensor | Iterable[torch.Tensor],
+    threshold: float,
+    window_size: int,
+    max_frames: int,
+    max_features_held: int | None = None,
+) -> FrameSelection:
+    """Temporal reduction of a whole video (REFERENCE.md §3 steps 5-8): per window, frames whose DINOv2 features
+    repeat the window's are dropped; then the hard cap.
 
     Args:
-        dino_features: `(num_frames, tokens, dim)` DINOv2 features of every sampled frame.
+        dino_features: `(num_frames, tokens, dim)` DINOv2 features of every sampled frame, or the same as consecutive
+            chunks (an iterable, e.g. a generator that encodes chunk by chunk), each a whole number of windows except
+            the last: the result is the same, and only the kept frames' features are held.
         threshold: DINO similarity threshold (0.83).
         window_size: frames per window (16); the last window may be shorter.
         max_frames: hard cap applied after selection (400).
+        max_features_held: stop holding kept features once more frames than this survive (hour-long videos); the
+            result's `features` is then None and the caller re-encodes the frames it keeps.
 
     Returns:
-        The kept frame indices (sorted, int64) and the per-window scores.
+        A `FrameSelection`: the kept frame indices (sorted, int64), their features (or None), the per-window scores.
     """
-    indices, scores = select_frames_in_windows(dino_features, threshold, window_size)
-    return cap_selected_frames(indices, len(dino_features), window_size, max_frames), scores
+    chunks = [dino_features] if isinstance(dino_features, torch.Tensor) else dino_features
+    kept_indices, kept_features, scores, num_frames = [], [], [], 0
+    for features in chunks:
+        if num_frames % window_size:
+            raise ValueError(f"only the last chunk may end with a partial window of {window_size} frames")
+        local, chunk_scores = select_frames_in_windows(features, threshold, window_size)
+        kept_indices.append(local + num_frames)
+        scores.extend(chunk_scores)
+        num_frames += len(features)
+        if kept_features is not None:
+            kept_features.append(features[local.to(features.device)])
+            if max_features_held is not None and sum(map(len, kept_features)) > max_features_held:
+                kept_features = None
+    indices = torch.cat(kept_indices) if kept_indices else torch.zeros(0, dtype=torch.long)
+    picks = cap_selected_frames(torch.arange(len(indices)), num_frames, window_size, max_frames)
+    features = torch.cat(kept_features)[picks.to(kept_features[0].device)] if kept_features else None
+    return FrameSelection(indices[picks], features, scores)
+
+
+@dataclass(frozen=True)
+class FrameSelection:
+    """What `select_frames` keeps: `indices` of the kept frames (sorted, after the cap), their DINOv2 `features` (None
+    when they were not held), and the per-window `scores`."""
+
+    indices: torch.Tensor
+    features: torch.Tensor | None
+    scores: list[torch.Tensor]
 
 
 # --------------------------------------------------------------------------------------------------------------------

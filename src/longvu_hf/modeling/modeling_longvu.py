@@ -350,23 +350,12 @@ class LongVUModel(LongVUPreTrainedModel):
             return torch.arange(num_frames), self.dino_features(pixels_dino), False
         window = self.config.dino_window_size
         cap = self.config.max_frames_after_selection
-        chunk_size = max(window, self.config.vision_chunk_size // window * window)
-        kept_indices, kept_features, num_kept = [], [], 0
-        for start in range(0, num_frames, chunk_size):
-            features = self._dino_chunk(pixels_dino[start : start + chunk_size])
-            local, _ = C.select_frames_in_windows(features, self.config.dino_threshold, window)
-            kept_indices.append(local + start)
-            num_kept += len(local)
-            if kept_features is not None:
-                kept_features.append(features[local.to(features.device)])
-            if kept_features is not None and num_kept > 2 * cap:
-                kept_features = None  # re-encode the capped frames instead of holding all survivors
-        indices = torch.cat(kept_indices)
-        picks = C.cap_selected_frames(torch.arange(len(indices)), num_frames, window, cap)
-        if kept_features is None:
-            return indices[picks], self.dino_features(pixels_dino[indices[picks].to(pixels_dino.device)]), True
-        features = torch.cat(kept_features)
-        return indices[picks], features[picks.to(features.device)], True
+        chunk_size = max(window, self.config.vision_chunk_size // window * window)  # whole windows per chunk
+        chunks = (self._dino_chunk(pixels_dino[s : s + chunk_size]) for s in range(0, num_frames, chunk_size))
+        selection = C.select_frames(chunks, self.config.dino_threshold, window, cap, max_features_held=2 * cap)
+        if selection.features is None:  # too many survivors to hold: re-encode only the capped frames
+            return selection.indices, self.dino_features(pixels_dino[selection.indices.to(pixels_dino.device)]), True
+        return selection.indices, selection.features, True
 
     # ---------------------------------------------------------------------------------------------------------------
     # Aggregation, projection, unpadding
