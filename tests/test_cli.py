@@ -71,16 +71,17 @@ def model_inputs(processor, video, fps):
 def expected_compression(
     model, processor, video, fps, max_context_length=None, max_visual_tokens=None, generate=False
 ):
-    """The model's own report (`forward`'s `compression`, or `last_compression` after `generate`) under the same
-    per-call budget as the command."""
+    """The model's own report (`forward`'s `compression`, or `generate`'s) under the same per-call budget as the
+    command."""
     inputs, _ = model_inputs(processor, video, fps)
     prompt_tokens = int(inputs["attention_mask"].sum()) - 1
-    budget = cli.effective_budget(model.config, prompt_tokens, max_context_length, None, max_visual_tokens)
-    with torch.no_grad(), cli.token_budget(model, budget["max_context_length"], budget["context_margin"]):
+    settings = cli.effective_budget(model.config, prompt_tokens, max_context_length, None, max_visual_tokens)["settings"]
+    with torch.no_grad():
         if generate:
-            model.generate(**inputs, max_new_tokens=3, do_sample=False, max_visual_tokens=max_visual_tokens)
-            return model.last_compression["video"][0]
-        return model(**inputs, max_visual_tokens=max_visual_tokens).compression[0]
+            output = model.generate(**inputs, max_new_tokens=3, do_sample=False, compression_settings=settings,
+                                    return_dict_in_generate=True)
+            return output.compression[0]
+        return model(**inputs, compression_settings=settings).compression[0]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -250,11 +251,11 @@ def test_effective_budget_and_per_call_override(loaded):
         cli.effective_budget(config, 30, max_context_length=46)
     with pytest.raises(cli.CLIError, match="--max-visual-tokens 0"):
         cli.effective_budget(config, 30, max_visual_tokens=0)
-    with pytest.raises(RuntimeError):
-        with cli.token_budget(model, 200, 4):
-            assert (config.max_context_length, config.context_margin) == (200, 4)
-            raise RuntimeError
-    assert (config.max_context_length, config.context_margin) == (1024, 16)
+    with pytest.raises(cli.CLIError, match="--context-margin -1: must be 0 or more"):
+        cli.effective_budget(config, 30, context_margin=-1)
+    small = cli.effective_budget(config, 30, max_context_length=200, context_margin=4)["settings"]
+    assert (small.max_context_length, small.context_margin) == (200, 4)
+    assert (config.max_context_length, config.context_margin) == (1024, 16)  # the config is never changed
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -491,3 +491,36 @@ def test_generate_from_embeddings_positions_and_a_returned_cache(model):
         model.generate(input_ids=ids, video_sizes=video["video_sizes"], **greedy)
     with pytest.raises(ValueError, match="placeholders but no pixels"):
         model.generate(input_ids=ids, **greedy)
+
+
+def test_compression_settings_apply_to_one_call_only(model):
+    from longvu_hf.configuration_longvu import CompressionSettings
+
+    inputs = {"input_ids": torch.tensor([[5, V, 7]]), **random_video_inputs(12)}
+    before = model.config.to_dict()
+    small = model.generate(**inputs, max_new_tokens=2, return_dict_in_generate=True,
+                           compression_settings={"max_context_length": 300, "stc_threshold": 0.5})
+    plain = model.generate(**inputs, max_new_tokens=2, return_dict_in_generate=True)
+    assert model.config.to_dict() == before
+    assert small.compression[0]["budget"] == 300 - 2 - 16 and small.compression[0]["path"] == "stc"
+    assert plain.compression[0]["budget"] == 1024 - 2 - 16
+    with torch.no_grad():  # forward and get_video_features take the same settings
+        forward = model(**inputs, compression_settings=CompressionSettings(max_context_length=300, stc_threshold=0.5))
+    assert forward.compression[0] == small.compression[0]
+    # the thresholds reach frame selection and STC
+    from longvu_hf.modeling import modeling_longvu
+
+    seen = {}
+    stc, select = modeling_longvu.C.spatial_token_compression, modeling_longvu.C.select_frames
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(modeling_longvu.C, "spatial_token_compression",
+                      lambda frames, threshold, *a, **k: seen.setdefault("stc", threshold) and stc(frames, threshold, *a, **k))
+        patch.setattr(modeling_longvu.C, "select_frames",
+                      lambda chunks, threshold, *a, **k: seen.setdefault("dino", threshold) and select(chunks, threshold, *a, **k))
+        with torch.no_grad():
+            model(**inputs, compression_settings={"max_context_length": 100, "stc_threshold": 0.31, "dino_threshold": 0.42})
+    assert seen == {"stc": 0.31, "dino": 0.42}
+    with pytest.raises(ValueError, match="unknown field"):
+        model(**inputs, compression_settings={"max_context": 300})
+    with pytest.raises(ValueError, match="`context_margin` must be 0 or more"):
+        model(**inputs, compression_settings={"context_margin": -1})

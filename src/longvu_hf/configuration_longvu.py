@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto import CONFIG_MAPPING
 
@@ -227,4 +231,65 @@ class LongVUConfig(PreTrainedConfig):
         return int(round(self.num_queries**0.5))
 
 
-__all__ = ["LongVUConfig"]
+@dataclass(frozen=True)
+class CompressionSettings:
+    """Per-call settings of LongVU's compression. A field left None takes the model config's value; the config itself
+    is never changed, so calls with different settings do not affect each other (or other threads).
+
+    - `max_context_length`, `context_margin`: the context the prompt and the video are fitted into, and the tokens
+      kept free after them;
+    - `max_visual_tokens`: an upper bound on each video's tokens (frame selection, resolution mixing and STC then work
+      as if the context left exactly that many);
+    - `dino_threshold`, `stc_threshold`: the frame-selection and token-compression thresholds (the official benchmark
+      scripts set them per benchmark).
+
+    Example:
+
+    ```python
+    >>> out = model.generate(**inputs, max_new_tokens=64,
+    ...                      compression_settings={"max_context_length": 4096, "stc_threshold": 0.65})
+    >>> out = model.generate(**inputs, compression_settings=CompressionSettings(max_visual_tokens=2000))
+    ```
+    """
+
+    max_context_length: int | None = None
+    context_margin: int | None = None
+    max_visual_tokens: int | None = None
+    dino_threshold: float | None = None
+    stc_threshold: float | None = None
+
+    @classmethod
+    def from_value(cls, value: CompressionSettings | dict | None, **overrides: Any) -> CompressionSettings:
+        """A `CompressionSettings` from one, a dict of its fields or None; `overrides` that are not None win."""
+        if value is None:
+            value = cls()
+        elif isinstance(value, dict):
+            unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
+            if unknown:
+                raise ValueError(
+                    f"`compression_settings` has unknown field(s) {unknown}; known: "
+                    f"{[f.name for f in dataclasses.fields(cls)]}"
+                )
+            value = cls(**value)
+        elif not isinstance(value, cls):
+            raise ValueError(f"`compression_settings` must be a CompressionSettings or a dict, got {type(value).__name__}")
+        return dataclasses.replace(value, **{k: v for k, v in overrides.items() if v is not None})
+
+    def resolve(self, config: LongVUConfig) -> CompressionSettings:
+        """Every field filled (from `config` where None; `max_visual_tokens` stays None: no cap) and checked."""
+        filled = {
+            f.name: getattr(config, f.name) if getattr(self, f.name) is None else getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "max_visual_tokens"
+        }
+        settings = CompressionSettings(**filled, max_visual_tokens=self.max_visual_tokens)
+        if settings.max_context_length < 1:
+            raise ValueError(f"`max_context_length` must be a positive number of tokens, got {settings.max_context_length}")
+        if settings.context_margin < 0:
+            raise ValueError(f"`context_margin` must be 0 or more, got {settings.context_margin}")
+        if settings.max_visual_tokens is not None and settings.max_visual_tokens < 1:
+            raise ValueError(f"`max_visual_tokens` must be at least 1, got {settings.max_visual_tokens}")
+        return settings
+
+
+__all__ = ["CompressionSettings", "LongVUConfig"]

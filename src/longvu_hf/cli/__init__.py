@@ -42,7 +42,7 @@ from .models import (
     pick_dtype,
     resolve_model,
 )
-from .pipeline import check_video, effective_budget, prepare_inputs, run_model, token_budget
+from .pipeline import check_video, effective_budget, prepare_inputs, run_model
 
 
 def _positive_int(text: str) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from ..modeling.compression import visual_budget
@@ -19,53 +18,35 @@ def effective_budget(
     """Validate the token settings of one call and work out the video's token budget.
 
     `prompt_tokens` counts the prompt without its video placeholder. The model budgets the video as
-    `max_context_length - prompt - margin` (REFERENCE.md §3-§5); `max_visual_tokens` caps that (the model's own
-    per-call argument: every step then budgets as if the context left exactly that many tokens). Returns the settings
-    to apply (`max_context_length`, `context_margin` on the config; `max_visual_tokens` to `generate`/`forward`) and
-    the resulting `visual_budget`. Raises `CLIError` when the prompt leaves no room.
+    `visual_budget(max_context_length, prompt, margin)` (docs/reference.md §3-§5); `max_visual_tokens` caps that.
+    Returns the call's `CompressionSettings` (`settings`, for `generate`/`get_video_features`), the resolved
+    `max_context_length`, `context_margin`, `max_visual_tokens`, `prompt_tokens` and the resulting `visual_budget`.
+    Raises `CLIError` when the settings are invalid or the prompt leaves no room.
     """
-    context = config.max_context_length if max_context_length is None else max_context_length
-    margin = config.context_margin if context_margin is None else context_margin
-    if context < 1:
-        raise CLIError(f"--max-context-length {context}: must be a positive number of tokens")
-    if margin < 0:
-        raise CLIError(f"--context-margin {margin}: must be 0 or more")
-    if max_visual_tokens is not None and max_visual_tokens < 1:
-        raise CLIError(f"--max-visual-tokens {max_visual_tokens}: must be at least 1")
-    room = visual_budget(context, prompt_tokens, margin)
+    from ..configuration_longvu import CompressionSettings
+
+    given = {"max_context_length": max_context_length, "context_margin": context_margin,
+             "max_visual_tokens": max_visual_tokens}
+    try:
+        settings = CompressionSettings(**given).resolve(config)
+    except ValueError as error:  # "`name` must ..., got value": said with the option's name instead
+        name, reason = str(error).split("`")[1], str(error).split("` ", 1)[1].rsplit(", got", 1)[0]
+        raise CLIError(f"--{name.replace('_', '-')} {given[name]}: {reason}") from None
+    room = visual_budget(settings.max_context_length, prompt_tokens, settings.context_margin)
     if room < 1:
         raise CLIError(
-            f"the prompt takes {prompt_tokens} tokens and the margin {margin}, which leaves no room for the video in "
-            f"a context of {context} tokens; raise --max-context-length to at least {prompt_tokens + margin + 1} or "
-            "shorten the question"
+            f"the prompt takes {prompt_tokens} tokens and the margin {settings.context_margin}, which leaves no room "
+            f"for the video in a context of {settings.max_context_length} tokens; raise --max-context-length to at "
+            f"least {prompt_tokens + settings.context_margin + 1} or shorten the question"
         )
     return {
-        "max_context_length": context,
-        "context_margin": margin,
+        "settings": settings,
+        "max_context_length": settings.max_context_length,
+        "context_margin": settings.context_margin,
         "max_visual_tokens": max_visual_tokens,
         "prompt_tokens": prompt_tokens,
         "visual_budget": room if max_visual_tokens is None else min(room, max_visual_tokens),
     }
-
-
-@contextlib.contextmanager
-def token_budget(model, max_context_length: int, context_margin: int) -> Iterator[None]:
-    """Set `max_context_length`/`context_margin` on `model.config` for the duration of one call, then restore them.
-
-    Example:
-
-    ```python
-    >>> with token_budget(model, max_context_length=4096, context_margin=16):
-    ...     out = model.generate(**inputs, max_new_tokens=64)
-    ```
-    """
-    config = model.config
-    saved = (config.max_context_length, config.context_margin)
-    config.max_context_length, config.context_margin = max_context_length, context_margin
-    try:
-        yield
-    finally:
-        config.max_context_length, config.context_margin = saved
 
 
 def is_url(value: str) -> bool:
@@ -121,9 +102,8 @@ def prepare_inputs(
 def run_model(
     model, processor, inputs, args, quiet: bool, generate: bool = True, echo: bool = True
 ) -> tuple[dict, str | None, dict]:
-    """Encode (and answer, if `generate`) under the call's token budget (`max_context_length`/`context_margin` set
-    on the config for the call, `max_visual_tokens` passed to the model); returns the model's compression report of
-    the video, the answer, and the budget used."""
+    """Encode (and answer, if `generate`) under the call's token budget (passed to the model as this call's
+    `compression_settings`); returns the model's compression report of the video, the answer, and the budget used."""
     import torch
 
     num_placeholders = int((inputs["input_ids"] == model.config.video_token_id).sum())
@@ -135,15 +115,16 @@ def run_model(
     pixel_inputs = {k: v for k, v in inputs.items() if k not in text_inputs}  # the model moves frames chunk by chunk
     num_frames = int(inputs["video_num_frames"].sum())
     answer = None
-    with torch.no_grad(), token_budget(model, budget["max_context_length"], budget["context_margin"]):
+    settings = budget.pop("settings")  # per call: the model's config is left as it is
+    with torch.no_grad():
         if generate:
             streamer = make_streamer(processor.tokenizer, args.max_new_tokens, quiet, echo=echo)
             with encoding_progress(model, num_frames, quiet):
-                model.generate(
+                output = model.generate(
                     **text_inputs, **pixel_inputs, max_new_tokens=args.max_new_tokens, do_sample=False,
-                    streamer=streamer, max_visual_tokens=budget["max_visual_tokens"],
+                    streamer=streamer, compression_settings=settings, return_dict_in_generate=True,
                 )
-            compression = model.last_compression["video"][0]
+            compression = output.compression[0]
             answer = streamer.answer
         else:
             with encoding_progress(model, num_frames, quiet):
@@ -151,8 +132,8 @@ def run_model(
                 features = model.get_video_features(
                     pixel_inputs["pixel_values_videos"], pixel_inputs["pixel_values_videos_dino"],
                     pixel_inputs["video_num_frames"], pixel_inputs["video_sizes"],
-                    text_inputs["input_ids"], text_inputs["attention_mask"],
-                    max_visual_tokens=budget["max_visual_tokens"],
+                    prompt_input_ids=text_inputs["input_ids"], prompt_attention_mask=text_inputs["attention_mask"],
+                    compression_settings=settings,
                 )
             compression = features.compression[0]
     return compression, answer, budget

@@ -13,7 +13,7 @@
 from .answers import extract_answer_letter, extract_answer_letter_reference, parse_answer
 from .benchmark_accuracy import BENCHMARK_ACCURACY_PATH
 from .benchmarks import load_benchmark
-from .predictor import VideoQAPredictor, apply_model_overrides
+from .predictor import VideoQAPredictor, protocol_compression_settings
 from .protocols import BENCHMARKS, PROTOCOLS, BenchmarkProtocol, get_protocol
 from .report import build_report, load_benchmark_metric
 from .runner import run_evaluation
@@ -24,7 +24,7 @@ __all__ = [
     "PROTOCOLS",
     "BenchmarkProtocol",
     "VideoQAPredictor",
-    "apply_model_overrides",
+    "protocol_compression_settings",
     "build_report",
     "extract_answer_letter",
     "extract_answer_letter_reference",

@@ -8,22 +8,20 @@ from typing import Any
 
 import torch
 
+from ..configuration_longvu import CompressionSettings
 from .answers import parse_answer
 from .prompts import subtitles_block
 from .protocols import BenchmarkProtocol
 from .sampling import load_frame_folder, read_srt, select_subtitles, video_sampling_kwargs
 
 
-def apply_model_overrides(model, protocol: BenchmarkProtocol) -> dict:
-    """Set the protocol's config fields on the model (the official scripts set the STC/DINO thresholds per benchmark);
-    returns the previous values."""
-    previous = {}
-    for name, value in protocol.model_overrides.items():
-        if not hasattr(model.config, name):
-            raise ValueError(f"The model config has no field {name!r} required by the {protocol.benchmark} protocol")
-        previous[name] = getattr(model.config, name)
-        setattr(model.config, name, value)
-    return previous
+def protocol_compression_settings(protocol: BenchmarkProtocol) -> CompressionSettings:
+    """The protocol's model settings (the official scripts set the STC/DINO thresholds per benchmark) as per-call
+    `CompressionSettings`: the model's config is never changed."""
+    try:
+        return CompressionSettings.from_value(dict(protocol.model_overrides))
+    except ValueError as error:
+        raise ValueError(f"The {protocol.benchmark} protocol's model_overrides: {error}") from None
 
 
 def _describe(error: BaseException) -> str:
@@ -34,7 +32,7 @@ class VideoQAPredictor:
     """Answers evaluation rows (see `benchmarks.EVAL_FEATURES`) with a model and its processor under a protocol.
 
     Calling it on a row returns the record that is streamed to disk: the raw generation, both parses of the answer,
-    and the compression statistics of the video (`model.last_compression`). A question whose video cannot be read
+    and the compression statistics of the video (the compression report `generate` returns). A question whose video cannot be read
     (missing, corrupt, a clip holding no frame) or that the model refuses (e.g. a prompt leaving no room for the video)
     gives a record with `error` set instead, so it is reported and never scored as a wrong answer.
 
@@ -56,13 +54,14 @@ class VideoQAPredictor:
         video_backend: str = "auto",
         apply_overrides: bool = True,
     ):
+        """`apply_overrides`: use the protocol's thresholds (`protocol.model_overrides`) for every question, as
+        per-call `compression_settings`; otherwise the model's own."""
         self.model = model
         self.processor = processor
         self.protocol = protocol
         self.subtitles = subtitles
         self.video_backend = video_backend
-        if apply_overrides:
-            apply_model_overrides(model, protocol)
+        self.compression_settings = protocol_compression_settings(protocol) if apply_overrides else None
 
     # -- inputs ------------------------------------------------------------------------------------------------------
 
@@ -124,13 +123,12 @@ class VideoQAPredictor:
             do_sample=self.protocol.do_sample,
             num_beams=1,
             return_dict_in_generate=True,
-            output_scores=True,
+            compression_settings=self.compression_settings,
         )
-        # The number of steps, not the prompt length, finds the new tokens (the model expands the video placeholder).
-        new_tokens = output.sequences[0, output.sequences.shape[1] - len(output.scores) :]
+        # `sequences` start with the prompt as given (one placeholder per video), as from any transformers model.
+        new_tokens = output.sequences[0, inputs["input_ids"].shape[1] :]
         text = self.processor.decode(new_tokens, skip_special_tokens=True).strip()
-        compression = getattr(self.model, "last_compression", None) or {}
-        reports = compression.get("video") or [{}]
+        reports = getattr(output, "compression", None) or [{}]
         return text, reports[0]
 
     def __call__(self, row: dict) -> dict:
@@ -159,4 +157,4 @@ class VideoQAPredictor:
         return record
 
 
-__all__ = ["VideoQAPredictor", "apply_model_overrides"]
+__all__ = ["VideoQAPredictor", "protocol_compression_settings"]

@@ -23,7 +23,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 
-from ..configuration_longvu import LongVUConfig
+from ..configuration_longvu import CompressionSettings, LongVUConfig
 from ..transformers_compat import (
     CACHE_NAME,
     MultimodalBaseModelOutputWithPast,
@@ -336,13 +336,14 @@ class LongVUModel(LongVUPreTrainedModel):
         return resize_feature_grid(hidden, self.config.encoder_grid_size)
 
     def select_video_frames(
-        self, pixels_dino: torch.Tensor, frame_budget: int
+        self, pixels_dino: torch.Tensor, frame_budget: int, threshold: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """DINOv2 on every frame in chunks, then temporal reduction when the video exceeds `frame_budget` frames.
 
         Memory stays bounded on hour-long videos: windows never straddle chunks, each chunk's features are reduced to
         its kept frames at once, and once more frames survive than twice the final cap, the cached features are
         dropped and only the capped frames are re-encoded at the end.
+        `threshold` defaults to the config's `dino_threshold`.
         Returns the kept frame indices, their DINO features, and whether the reduction ran.
         """
         num_frames = len(pixels_dino)
@@ -352,7 +353,8 @@ class LongVUModel(LongVUPreTrainedModel):
         cap = self.config.max_frames_after_selection
         chunk_size = max(window, self.config.vision_chunk_size // window * window)  # whole windows per chunk
         chunks = (self._dino_chunk(pixels_dino[s : s + chunk_size]) for s in range(0, num_frames, chunk_size))
-        selection = C.select_frames(chunks, self.config.dino_threshold, window, cap, max_features_held=2 * cap)
+        threshold = self.config.dino_threshold if threshold is None else threshold
+        selection = C.select_frames(chunks, threshold, window, cap, max_features_held=2 * cap)
         if selection.features is None:  # too many survivors to hold: re-encode only the capped frames
             return selection.indices, self.dino_features(pixels_dino[selection.indices.to(pixels_dino.device)]), True
         return selection.indices, selection.features, True
@@ -514,6 +516,7 @@ class LongVUModel(LongVUPreTrainedModel):
         prompt_attention_mask: torch.Tensor | None = None,
         max_visual_tokens: int | None = None,
         prompt_inputs_embeds: torch.Tensor | None = None,
+        compression_settings: CompressionSettings | dict | None = None,
         **kwargs,
     ) -> LongVUVisualFeaturesOutput:
         """Encode and compress every video; `pooler_output` holds one `(tokens_i, hidden)` tensor per video.
@@ -526,11 +529,12 @@ class LongVUModel(LongVUPreTrainedModel):
         `attention_mask` because `generate` hands every model kwarg matching this signature to the encoder and then
         drops it.)
 
-        `max_visual_tokens` caps each video's tokens for this call: frame selection, resolution mixing and STC then
-        work as if the context left exactly that many tokens (default: whatever `max_context_length` leaves).
+        `compression_settings` (a `CompressionSettings` or a dict of its fields) changes the budget and thresholds
+        for this call only; `max_visual_tokens` caps each video's tokens (the same as that field): frame selection,
+        resolution mixing and STC then work as if the context left exactly that many tokens.
         """
-        if max_visual_tokens is not None and max_visual_tokens < 1:
-            raise ValueError(f"`max_visual_tokens` must be at least 1, got {max_visual_tokens}")
+        settings = CompressionSettings.from_value(compression_settings, max_visual_tokens=max_visual_tokens)
+        settings = settings.resolve(self.config)
         if pixel_values_videos_dino is None:
             raise ValueError("`pixel_values_videos_dino` is required with `pixel_values_videos`")
         videos, videos_dino = self._split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames)
@@ -544,7 +548,7 @@ class LongVUModel(LongVUPreTrainedModel):
         features, reports, tower_outputs = [], [], []
         for video, video_dino, size_hw, prompt in zip(videos, videos_dino, video_sizes.tolist(), layout):
             tokens, report, tower_output = self._encode_video(
-                video, video_dino, tuple(size_hw), prompt, max_visual_tokens, output_hidden_states, output_attentions
+                video, video_dino, tuple(size_hw), prompt, settings, output_hidden_states, output_attentions
             )
             features.append(tokens)
             reports.append(report)
@@ -553,30 +557,36 @@ class LongVUModel(LongVUPreTrainedModel):
             pooler_output=features, compression=CompressionReports(reports), **self._join_tower_outputs(tower_outputs)
         )
 
+    @staticmethod
+    def _video_budgets(prompt: dict, settings: CompressionSettings) -> tuple[int, int]:
+        """A video's token budgets: with its placeholder counted (frame selection, SVA flags) and without it (the
+        splice), as the reference computes them; a sample's visual items share its budget equally."""
+        share = prompt["num_visual"]
+        text_only = prompt["text_len"] - share
+        context, margin = settings.max_context_length, settings.context_margin
+        if settings.max_visual_tokens is not None:  # as if the context ended right after the cap, per video
+            context = min(context, text_only + margin + settings.max_visual_tokens * share)
+        select_budget = C.visual_budget(context, prompt["text_len"], margin) // share
+        splice_budget = C.visual_budget(context, text_only, margin) // share
+        if splice_budget <= 0:
+            raise ValueError(
+                f"The prompt alone ({prompt['text_len']} tokens) leaves no room for the video in the context budget "
+                f"of {settings.max_context_length} tokens (margin {margin}); shorten the text or raise "
+                "`max_context_length`"
+            )
+        return select_budget, splice_budget
+
     def _encode_video(
-        self, video, video_dino, size_hw, prompt, max_visual_tokens=None, output_hidden_states=False,
+        self, video, video_dino, size_hw, prompt, settings: CompressionSettings, output_hidden_states=False,
         output_attentions=False,
     ) -> tuple[torch.Tensor, dict, BaseModelOutput]:
         cfg = self.config
         num_frames = len(video)
         full_tokens, low_tokens = cfg.num_queries, cfg.lowres_grid_size**2
-        share = prompt["num_visual"]
-        text_only = prompt["text_len"] - share
-        context = cfg.max_context_length
-        if max_visual_tokens is not None:  # as if the context ended right after `max_visual_tokens` per video
-            context = min(context, text_only + cfg.context_margin + max_visual_tokens * share)
-        # Budget with the placeholder counted (frame selection, SVA flags) and without it (splice), as the reference.
-        select_budget = C.visual_budget(context, prompt["text_len"], cfg.context_margin) // share
-        splice_budget = C.visual_budget(context, text_only, cfg.context_margin) // share
-        if splice_budget <= 0:
-            raise ValueError(
-                f"The prompt alone ({prompt['text_len']} tokens) leaves no room for the video in the context budget "
-                f"of {cfg.max_context_length} tokens (margin {cfg.context_margin}); shorten the text or raise "
-                "`max_context_length`"
-            )
+        select_budget, splice_budget = self._video_budgets(prompt, settings)
         selection_tokens = low_tokens if cfg.highres else full_tokens
         kept, dino, selection_ran = self.select_video_frames(
-            video_dino, C.frame_budget(select_budget, selection_tokens)
+            video_dino, C.frame_budget(select_budget, selection_tokens), settings.dino_threshold
         )
         siglip, tower_output = self.encode_siglip(video[kept.to(video.device)], output_hidden_states, output_attentions)
         size_wh = self._size_as_reference_reads_it(size_hw, is_video=True)
@@ -605,7 +615,7 @@ class LongVUModel(LongVUPreTrainedModel):
         if path != "mix":
             if splice_budget < visual_len:
                 tokens, tokens_per_frame, force_remove = C.spatial_token_compression(
-                    frames, cfg.stc_threshold, cfg.stc_window_size, splice_budget
+                    frames, settings.stc_threshold, cfg.stc_window_size, splice_budget
                 )
                 path = "stc"
             else:
@@ -687,10 +697,12 @@ class LongVUModel(LongVUPreTrainedModel):
         labels: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
+        max_context_length: int | None = None,
     ) -> dict[str, torch.Tensor | None]:
         """`expand_placeholders` for every per-token input: `input_ids` or `inputs_embeds` (placeholders found by
         `get_placeholder_mask`), `attention_mask`, `labels` and `position_ids`. Given positions stay consecutive
-        through each expanded placeholder and shift the tokens after it; padding gets position 1."""
+        through each expanded placeholder and shift the tokens after it; padding gets position 1. A sequence longer
+        than `max_context_length` (default: the config's) is refused."""
         reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
         if attention_mask is None:
             attention_mask = torch.ones(reference.shape, dtype=torch.long, device=reference.device)
@@ -723,11 +735,12 @@ class LongVUModel(LongVUPreTrainedModel):
                 within = torch.arange(lengths[-1], device=positions.device) - starts.repeat_interleave(repeats_here)
                 rows["position_ids"].append((positions + shift).repeat_interleave(repeats_here) + within)
         max_len = max(lengths)
-        if max_len > self.config.max_context_length:
+        limit = self.config.max_context_length if max_context_length is None else max_context_length
+        if max_len > limit:
             # Videos are compressed into the budget; only images (never compressed) or a long text can get here.
             raise ValueError(
-                f"The expanded sequence ({max_len} tokens) exceeds `max_context_length`="
-                f"{self.config.max_context_length}; shorten the prompt or use fewer images"
+                f"The expanded sequence ({max_len} tokens) exceeds `max_context_length`={limit}; shorten the prompt "
+                "or use fewer images"
             )
         pad_id = self.config.text_config.pad_token_id
         fill = {"input_ids": 0 if pad_id is None else pad_id, "inputs_embeds": 0.0, "labels": -100, "position_ids": 1}
@@ -752,7 +765,7 @@ class LongVUModel(LongVUPreTrainedModel):
     def encode_visual_inputs(
         self, input_ids, attention_mask, pixel_values=None, pixel_values_dino=None, image_sizes=None,
         pixel_values_videos=None, pixel_values_videos_dino=None, video_num_frames=None, video_sizes=None,
-        max_visual_tokens=None, inputs_embeds=None, **kwargs,
+        max_visual_tokens=None, inputs_embeds=None, compression_settings=None, **kwargs,
     ) -> dict[str, LongVUVisualFeaturesOutput]:
         """Run `get_video_features` / `get_image_features` for whatever pixels are given; `{"video": .., "image": ..}`.
 
@@ -763,7 +776,8 @@ class LongVUModel(LongVUPreTrainedModel):
             outputs["video"] = self.get_video_features(
                 pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes,
                 prompt_input_ids=input_ids, prompt_attention_mask=attention_mask, prompt_inputs_embeds=inputs_embeds,
-                max_visual_tokens=max_visual_tokens, return_dict=True, **kwargs,
+                max_visual_tokens=max_visual_tokens, compression_settings=compression_settings, return_dict=True,
+                **kwargs,
             )
         if pixel_values is not None:
             outputs["image"] = self.get_image_features(
@@ -795,6 +809,7 @@ class LongVUModel(LongVUPreTrainedModel):
         mm_encoder_outputs: dict | None = None,
         use_cache: bool | None = None,
         max_visual_tokens: int | None = None,
+        compression_settings: CompressionSettings | dict | None = None,
         **kwargs,
     ) -> LongVUModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -805,9 +820,11 @@ class LongVUModel(LongVUPreTrainedModel):
                 raise ValueError("Pass either pixel inputs or pre-computed `mm_encoder_outputs`, not both")
             tower_flags = {k: kwargs[k] for k in ("output_hidden_states", "output_attentions") if k in kwargs}
             mm_encoder_outputs = self.encode_visual_inputs(
-                input_ids, attention_mask, pixel_values, pixel_values_dino, image_sizes,
-                pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes, max_visual_tokens,
-                inputs_embeds=inputs_embeds, **tower_flags,
+                input_ids, attention_mask, pixel_values=pixel_values, pixel_values_dino=pixel_values_dino,
+                image_sizes=image_sizes, pixel_values_videos=pixel_values_videos,
+                pixel_values_videos_dino=pixel_values_videos_dino, video_num_frames=video_num_frames,
+                video_sizes=video_sizes, max_visual_tokens=max_visual_tokens, inputs_embeds=inputs_embeds,
+                compression_settings=compression_settings, **tower_flags,
             )
         elif any(v is not None for v in (pixel_values_dino, pixel_values_videos_dino)):
             raise ValueError(
@@ -840,6 +857,7 @@ class LongVUModel(LongVUPreTrainedModel):
                     labels=None if labels_expanded else labels,
                     inputs_embeds=inputs_embeds,
                     position_ids=position_ids,
+                    max_context_length=CompressionSettings.from_value(compression_settings).max_context_length,
                 )
                 input_ids, inputs_embeds, attention_mask = (
                     expanded["input_ids"], expanded["inputs_embeds"], expanded["attention_mask"]
@@ -954,6 +972,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         max_visual_tokens: int | None = None,
+        compression_settings: CompressionSettings | dict | None = None,
         **kwargs,
     ) -> LongVUCausalLMOutputWithPast:
         outputs = self.model(
@@ -973,6 +992,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
             mm_encoder_outputs=mm_encoder_outputs,
             use_cache=use_cache,
             max_visual_tokens=max_visual_tokens,
+            compression_settings=compression_settings,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -1051,13 +1071,20 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         The returned sequences start with the prompt as given (one placeholder per video/image), then the new tokens.
         Accepts the processor's outputs as they are (`input_ids`, `attention_mask`, `pixel_values_videos`,
         `pixel_values_videos_dino`, `video_num_frames`, `video_sizes`, or the image equivalents), or the prompt as
-        `inputs_embeds`. The compression reports of the last call are kept in `self.last_compression`.
-        `max_visual_tokens` caps each video's tokens for this call (see `LongVUModel.get_video_features`).
+        `inputs_embeds`.
+
+        `compression_settings` (a `CompressionSettings` or a dict: budget and thresholds) and `max_visual_tokens` (a
+        cap on each video's tokens) apply to this call only (see `LongVUModel.get_video_features`).
+
+        With `return_dict_in_generate=True`, the output also carries the compression reports of this call:
+        `output.compression` (one per video) and `output.image_compression` (one per image). `self.last_compression`
+        keeps the latest call's, as a convenience for interactive use (it is shared by every caller of the model).
         To continue a generation, pass the returned `sequences` (plus new text) with the returned cache; the pixels are
         then not needed again.
         """
         kwargs["suppress_tokens"] = self._suppress_placeholders(kwargs)
         max_visual_tokens = kwargs.pop("max_visual_tokens", None)
+        settings = CompressionSettings.from_value(kwargs.pop("compression_settings", None))
         visual = {name: kwargs.pop(name) for name in VISUAL_INPUT_NAMES if kwargs.get(name) is not None}
         for name in VISUAL_INPUT_NAMES:
             kwargs.pop(name, None)
@@ -1097,7 +1124,8 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         if input_ids is None and inputs_embeds is None:
             raise ValueError("`input_ids` or `inputs_embeds` are required when generating from videos or images")
         encoded = self.model.encode_visual_inputs(
-            input_ids, attention_mask, **visual, max_visual_tokens=max_visual_tokens, inputs_embeds=inputs_embeds
+            input_ids, attention_mask, **visual, max_visual_tokens=max_visual_tokens, inputs_embeds=inputs_embeds,
+            compression_settings=settings,
         )
         video, image = encoded.get("video"), encoded.get("image")
         expanded = self.model.expand_inputs(
@@ -1107,20 +1135,25 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
             [len(f) for f in image.pooler_output] if image is not None else [],
             inputs_embeds=inputs_embeds,
             position_ids=kwargs.pop("position_ids", None),
+            max_context_length=settings.max_context_length,
         )
         if expanded["position_ids"] is not None:
             kwargs["position_ids"] = expanded["position_ids"]
-        self.last_compression = {"video": video.compression if video else None, "image": image.compression if image else None}
+        reports = {"video": video.compression if video else None, "image": image.compression if image else None}
+        self.last_compression = reports
         if expanded["inputs_embeds"] is not None:
             kwargs["inputs_embeds"] = expanded["inputs_embeds"]  # `forward` merges the features at the first step
         output = super().generate(
             expanded["input_ids"], attention_mask=expanded["attention_mask"], mm_encoder_outputs=encoded, **kwargs
         )
+        if not isinstance(output, torch.Tensor):  # this call's reports travel with its output
+            output.compression, output.image_compression = reports["video"], reports["image"]
         if input_ids is None:
             return output  # like transformers: from embeddings alone, the new tokens only
         # Return the caller's prompt (one placeholder per item) followed by the new tokens, so that the usual
         # `output[:, input_ids.shape[1]:]` slices off exactly the prompt.
         record = (input_ids, expanded["input_ids"], expanded["attention_mask"])
         return self._restore_prompt(output, input_ids, expanded["input_ids"].shape[1], record)
+
 
 __all__ = ["LongVUForConditionalGeneration", "LongVUModel", "LongVUPreTrainedModel"]
