@@ -200,7 +200,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    # Reference values (REFERENCE.md §3-§5; LongVUConfig defaults).
+    # Reference values (docs/reference.md §3-§5; LongVUConfig defaults).
     args.dino_threshold, args.dino_window, args.max_frames = 0.83, 16, 400
     args.stc_threshold, args.stc_window, args.lowres_grid, args.query_grid = 0.7, 8, 8, 12
     args.max_context_length, args.context_margin, args.text_tokens = 8192, 16, 40

@@ -5,7 +5,7 @@ both encoders at LongVU's default sampling (1 frame per second, `round(avg_fps)`
 
 * `longvu_hf`: `LongVUVideoProcessor()(path)` with its defaults: streaming PyAV decode of the sampled frames only,
   bit-exact PIL pad + resize, uint8 outputs written into preallocated tensors.
-* `reference`: what the official README / eval scripts do (REFERENCE.md §1.2-§1.3): per-frame random access
+* `reference`: what the official README / eval scripts do (docs/reference.md §1.2-§1.3): per-frame random access
   (`vr[i]` with decord when installed, else the same access pattern with PyAV), all raw frames stacked, then per frame
   and per encoder `expand2square` + PIL resize + the image processor's steps of transformers 4.42 (PIL round trip of
   the no-op resize, rescale in float64, normalise in float32, channels first), and `torch.stack` of the float tensors.

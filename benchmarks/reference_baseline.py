@@ -1,6 +1,6 @@
 """Baselines for the benchmarks: LongVU's pipeline the way the official code runs it, built from our modules.
 
-The official implementation (`Vision-CAIR/LongVU`, `longvu/cambrian_arch.py`; REFERENCE.md §1.3-§5) converts every
+The official implementation (`Vision-CAIR/LongVU`, `longvu/cambrian_arch.py`; docs/reference.md §1.3-§5) converts every
 sampled frame to float pixels for both encoders up front, runs DINOv2 on all frames in chunks of 64 and keeps all
 their features, selects frames window by window, runs SigLIP on the kept frames in chunks of 64, aggregates all kept
 frames at once, unpads each frame in a Python loop and applies the query mixing and STC chunk by chunk. The functions
@@ -31,7 +31,7 @@ REFERENCE_CHUNK_SIZE = 64  # `encode_images` in the reference hard-codes it
 def reference_select_frames(
     features: torch.Tensor, window_size: int = 16, threshold: float = 0.83, max_frames: int = 400
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`select_frame` for one video (REFERENCE.md §3): returns the kept indices and the kept features.
+    """`select_frame` for one video (docs/reference.md §3): returns the kept indices and the kept features.
 
     Like the reference, the similarity is computed in the features' own dtype, the kept indices are gathered as a
     Python list of 0-d tensors, and the kept features are copied window by window before the 400-frame cap.
@@ -89,7 +89,7 @@ def reference_unpad_and_newline(
 def reference_mix(
     low_frames: list[torch.Tensor], high_frames: list[torch.Tensor], query_embeds: torch.Tensor, budget: int
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The "ablation mix" block (REFERENCE.md §4.2): returns the mixed sequence and the high-resolution positions,
+    """The "ablation mix" block (docs/reference.md §4.2): returns the mixed sequence and the high-resolution positions,
     or None when nothing can be upgraded."""
     low = torch.cat(low_frames)
     high = torch.cat(high_frames)
@@ -117,7 +117,7 @@ def reference_mix(
 
 
 def reference_stc(frames: torch.Tensor, threshold: float, budget: int, window_size: int = 8) -> torch.Tensor:
-    """The "ablation drop" block (REFERENCE.md §5): STC chunk by chunk, forced truncation, final cut."""
+    """The "ablation drop" block (docs/reference.md §5): STC chunk by chunk, forced truncation, final cut."""
     chunks = []
     for start in range(0, len(frames), window_size):
         chunk = frames[start : start + window_size]

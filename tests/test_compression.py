@@ -128,7 +128,7 @@ def test_budgets_and_resolution_flags():
 
 
 def test_reference_mixing_example():
-    # REFERENCE.md §5: 100 frames, 16:9 video, 40 text tokens -> 94 full-res frames + 6 low-res = 8136 tokens.
+    # docs/reference.md §5: 100 frames, 16:9 video, 40 text tokens -> 94 full-res frames + 6 low-res = 8136 tokens.
     budget = C.visual_budget(8192, 40, 16)
     num_high = C.num_high_res_frames(budget, 100 * 40, 84, 40)
     assert num_high == 94

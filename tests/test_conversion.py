@@ -1,7 +1,7 @@
 """The converter: official LongVU checkpoints (original key names, no towers) -> Hub-ready transformers folders.
 
 Covered: the golden fixtures (produced by the official code) converted, saved, reloaded and checked for parity; a
-synthetic checkpoint in the exact names-and-shapes layout of each of the six releases (REFERENCE.md §8.3, scaled down),
+synthetic checkpoint in the exact names-and-shapes layout of each of the six releases (docs/reference.md §8.3, scaled down),
 in every file format (safetensors / .bin, single / sharded); the full-size key tables of the releases against a model
 built on the meta device; the vocabulary handling against an emulation of the official loader; remote code in a
 subprocess that cannot import `longvu_hf`; the model card's quick start; and every bad input.
@@ -37,7 +37,7 @@ SIGLIP_DIR, DINO_DIR = GOLDEN / "towers" / "siglip", GOLDEN / "towers" / "dinov2
 SRC_DIR = Path(conv.__file__).resolve().parents[1]
 
 # ---------------------------------------------------------------------------------------------------------------------
-# A generator of checkpoints in the original layout (REFERENCE.md §8.3), full size (shapes only) or scaled down
+# A generator of checkpoints in the original layout (docs/reference.md §8.3), full size (shapes only) or scaled down
 # ---------------------------------------------------------------------------------------------------------------------
 
 RELEASES = {  # release -> (LLM, checkpoint kind, STC threshold of its config)
@@ -110,7 +110,7 @@ def original_config(release: str, tiny: bool, vision_hidden_size: int = 1024) ->
 
 
 def original_key_shapes(config: dict, siglip_width: int, dino_width: int) -> dict[str, tuple[int, ...]]:
-    """Every key of an official checkpoint with its shape, written out from REFERENCE.md §8.3 (not from the
+    """Every key of an official checkpoint with its shape, written out from docs/reference.md §8.3 (not from the
     converter's rename table)."""
     hidden, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
     heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
@@ -273,7 +273,7 @@ REFERENCE_NON_LLM_PARAMETERS = {"LongVU_Qwen2_7B": 56_049_152, "LongVU_Qwen2_7B_
 def test_full_size_release_keys_map_onto_the_model(release):
     config = original_config(release, tiny=False)
     shapes = original_key_shapes(config, siglip_width=1152, dino_width=1536)
-    # The generator reproduces the counts REFERENCE.md §8.3 enumerated from the official classes.
+    # The generator reproduces the counts docs/reference.md §8.3 enumerated from the official classes.
     if release in REFERENCE_KEY_COUNTS:
         assert len(shapes) == REFERENCE_KEY_COUNTS[release]
         llm_key = re.compile(r"model\.(embed_tokens|layers|norm)\.|lm_head")

@@ -304,7 +304,7 @@ def test_images_on_video_and_image_checkpoints():
     with torch.no_grad():
         on_video = video_ckpt(input_ids=ids, **pixels)
         on_image = image_ckpt(input_ids=ids, **pixels)
-    # REFERENCE.md §9.2: a 640x480 image is 54 tokens on a video checkpoint (8x8 path) and 450 on an image one
+    # docs/reference.md §9.2: a 640x480 image is 54 tokens on a video checkpoint (8x8 path) and 450 on an image one
     assert on_video.image_compression[0]["num_visual_tokens"] == 54
     assert on_image.image_compression[0]["num_visual_tokens"] == 450
     assert on_video.logits.shape[1] == 2 + 54 and on_image.logits.shape[1] == 2 + 450

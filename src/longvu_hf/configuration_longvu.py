@@ -84,7 +84,7 @@ class LongVUConfig(PreTrainedConfig):
     a Qwen2 or Llama language model, plus every knob of LongVU's spatiotemporal compression.
 
     The defaults are those of the released video checkpoint `Vision-CAIR/LongVU_Qwen2_7B`, quirks of the official code
-    included (see `REFERENCE.md`); each quirk is a named field whose documented alternative follows the paper.
+    included (see `docs/reference.md`); each quirk is a named field whose documented alternative follows the paper.
 
     Args:
         text_config (`dict` or `PreTrainedConfig`, *optional*): the LLM (Qwen2 or Llama).

@@ -4,7 +4,7 @@
         --siglip google/siglip-so400m-patch14-384 --dino facebook/dinov2-giant --output LongVU_Qwen2_7B-hf
 
 Each of `--checkpoint`, `--siglip` and `--dino` is a local folder or a Hub id (downloaded with
-`huggingface_hub.snapshot_download`). The official checkpoints (`Vision-CAIR/LongVU_*`, REFERENCE.md §8) hold the LLM,
+`huggingface_hub.snapshot_download`). The official checkpoints (`Vision-CAIR/LongVU_*`, docs/reference.md §8) hold the LLM,
 the Spatial Vision Aggregator and the projector under their original key names, but not the two frozen vision towers,
 which are merged in from their own checkpoints (SigLIP's MAP head and text tower are dropped). Every tensor is renamed
 into a freshly built `LongVUForConditionalGeneration` and written with `save_pretrained` (never hand-written keys); an
@@ -50,7 +50,7 @@ try:
 except ImportError:  # where older 5.x releases keep it
     from transformers.modeling_utils import no_init_weights
 
-# The six official releases (REFERENCE.md §8.1): a `--checkpoint` named like one of them gets it as `base_model`.
+# The six official releases (docs/reference.md §8.1): a `--checkpoint` named like one of them gets it as `base_model`.
 OFFICIAL_RELEASES = (
     "LongVU_Qwen2_7B",
     "LongVU_Qwen2_7B_img",
@@ -78,7 +78,7 @@ _MULTIMODAL_KEYS = {
     "architectures", "_name_or_path", "transformers_version", "torch_dtype", "dtype", "model_type", "auto_map",
 }
 
-# (original regex, native replacement), tried in order on each key of the official checkpoint (REFERENCE.md §8.3-8.4).
+# (original regex, native replacement), tried in order on each key of the official checkpoint (docs/reference.md §8.3-8.4).
 _SVA_LAYER, _AGGREGATOR_LAYER = r"^model\.vision_sampler_0\.layers\.(\d+)\.", r"model.vision_aggregator.layers.\1."
 KEY_RENAMES: list[tuple[str, str]] = [
     (r"^model\.(embed_tokens|layers|norm)\.", r"model.language_model.\1."),
@@ -232,7 +232,7 @@ def read_original_config(checkpoint_dir: str | os.PathLike, argument: str = "--c
 def config_from_original(original: dict, vision_config, dino_config, **overrides) -> LongVUConfig:
     """Build a `LongVUConfig` from an official LongVU `config.json` and the towers' configs.
 
-    The LongVU settings are carried over under their native names (REFERENCE.md §2.7, §8.4): `query_num_list` ->
+    The LongVU settings are carried over under their native names (docs/reference.md §2.7, §8.4): `query_num_list` ->
     `num_queries`, `dino_threshold`, `drop_threshold` -> `stc_threshold`, `tokenizer_model_max_length` ->
     `max_context_length`, `inference_max_length` -> `context_margin`, `highres`, `lowres_token` -> `lowres_grid_size`.
     """
@@ -567,7 +567,7 @@ def build_generation_config(
     stop_tokens: tuple[str, ...] = (),
     checkpoint_generation: dict | None = None,
 ) -> GenerationConfig:
-    """The authors' decoding (README, REFERENCE.md §1.5): greedy, up to 128 new tokens, stop at the chat template's
+    """The authors' decoding (README, docs/reference.md §1.5): greedy, up to 128 new tokens, stop at the chat template's
     end-of-turn token, plus the greedy-relevant settings of the checkpoint's own `generation_config.json`.
 
     `suppress_tokens` lists the ids the official model cannot produce (ids from the tokenizer's original size on,

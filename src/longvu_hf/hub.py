@@ -27,7 +27,7 @@ def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) 
 # converter also finds it when installed.
 MODEL_CARD_TEMPLATE = PACKAGE_DIR / "model_card.md"
 
-# Reported results (paper main table / official model card; EVALUATION.md). VideoMME is without subtitles.
+# Reported results (paper main table / official model card; docs/evaluation.md). VideoMME is without subtitles.
 PAPER_RESULTS = {
     "LongVU_Qwen2_7B": {"EgoSchema": 67.6, "MVBench": 66.9, "VideoMME": 60.6, "VideoMME (long)": 59.5, "MLVU": 65.4},
     "LongVU_Llama3_2_3B": {"EgoSchema": 59.1, "MVBench": 60.9, "VideoMME": 51.5, "VideoMME (long)": 47.2, "MLVU": 55.9},

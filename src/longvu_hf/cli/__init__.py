@@ -142,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="only write the tiny random model and its processor to DIR (to try `--model DIR` offline)")
     _add_video_options(demo, with_model=False, max_new_tokens=12)
     _add_output_options(demo, required=False)
+    web = demo.add_argument_group("web page (pip install 'longvu-hf[demo]')")
+    web.add_argument("--web", action="store_true", help="serve the demo as a web page (Gradio) until Ctrl-C")
+    web.add_argument("--model", default=None,
+                     help="with --web: converted LongVU folder or Hub id (default: the tiny RANDOM model, offline)")
+    web.add_argument("--device", default="auto", help="with --web: auto (a GPU if there is one), cpu, cuda or cuda:N")
+    web.add_argument("--host", default="127.0.0.1", help="with --web: address to listen on (0.0.0.0: all interfaces)")
+    web.add_argument("--port", type=_positive_int, default=7860, help="with --web: port (default 7860)")
+    web.add_argument("--share", action="store_true", help="with --web: also a temporary public gradio.live link")
+    web.add_argument("--max-video-seconds", type=_positive_float, default=None,
+                     help="with --web: refuse longer videos with a message in the page (default: no limit)")
+    web.add_argument("--no-local-paths", dest="allow_local_paths", action="store_false",
+                     help="with --web: accept uploads and http(s) URLs only, not paths on the server")
     demo.set_defaults(handler=cmd_demo)
     return parser
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..tiny import save_tiny_model, tiny_model, tiny_tokenizer, write_scene_clip
 from .commands import write_report
 from .errors import EXIT_OK, CLIError
-from .models import load_model_and_processor, resolve_model
+from .models import load_model_and_processor, pick_device, resolve_model
 from .pipeline import check_output_paths, prepare_inputs, print_summary, run_model
 
 DEMO_CONTEXT_LENGTH = 3500  # small enough that the 90-frame clip goes through selection and mixing (1024: STC)
@@ -42,7 +42,24 @@ def save_demo_model(args) -> int:
     return EXIT_OK
 
 
+def serve_web_demo(args) -> int:
+    """`longvu demo --web`: the Gradio page of `longvu_hf.web_demo`, served until Ctrl-C."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise CLIError("the web demo needs Gradio: pip install 'longvu-hf[demo]'") from None
+    from ..web_demo import launch
+
+    launch(args.model, host=args.host, port=args.port, share=args.share, max_video_seconds=args.max_video_seconds,
+           allow_local_paths=args.allow_local_paths, device=pick_device(args.device), quiet=args.quiet)
+    return EXIT_OK
+
+
 def cmd_demo(args) -> int:
+    if args.web:
+        return serve_web_demo(args)
+    if args.model is not None:
+        raise CLIError("--model is for --web; the offline demo always runs the tiny random model")
     if args.save is not None:
         return save_demo_model(args)
     try:

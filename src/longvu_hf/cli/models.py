@@ -168,7 +168,7 @@ def pick_device(requested: str) -> str:
 
 
 def pick_dtype(requested: str, device: str):
-    """`auto`: bfloat16 on GPUs (float16 overflows on long videos, REFERENCE.md §9.1 #17), else the checkpoint's."""
+    """`auto`: bfloat16 on GPUs (float16 overflows on long videos, docs/reference.md §9.1 #17), else the checkpoint's."""
     import torch
 
     if requested == "auto":

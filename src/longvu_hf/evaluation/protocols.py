@@ -1,7 +1,7 @@
 """Evaluation protocols: how each benchmark is sampled, prompted, decoded and scored.
 
 The `reference` preset reproduces the official LongVU scripts (`eval/eval_*.py`, see `docs/evaluation.md` and
-EVALUATION.md): their frame rates and caps, the model thresholds they set, their prompts, greedy decoding with
+docs/evaluation.md): their frame rates and caps, the model thresholds they set, their prompts, greedy decoding with
 `max_new_tokens=5`, their answer regexes and the "C" fallback. `strict` is the same run scored honestly: an answer
 that names no option is wrong. Both parse the same generations, so one run reports both numbers.
 """
@@ -58,7 +58,7 @@ class BenchmarkProtocol:
         return asdict(self)
 
 
-# Per-benchmark settings of the official scripts (REFERENCE.md §1.2, EVALUATION.md).
+# Per-benchmark settings of the official scripts (docs/reference.md §1.2, docs/evaluation.md).
 _OFFICIAL_SETTINGS = {
     "videomme": {"sample_fps": 0.5, "frame_cap": None, "model_overrides": {"stc_threshold": 0.65}},
     "mlvu": {"sample_fps": 0.5, "frame_cap": 1000, "model_overrides": {"stc_threshold": 0.77, "dino_threshold": 0.82}},

@@ -1,6 +1,6 @@
 """Frame sampling and subtitles as the official LongVU evaluation scripts do them.
 
-Video files are sampled by the LongVU video processor, whose options reproduce the official rules (REFERENCE.md §1.2);
+Video files are sampled by the LongVU video processor, whose options reproduce the official rules (docs/reference.md §1.2);
 `video_sampling_kwargs` maps a protocol onto them:
 
 - VideoMME, MLVU, EgoSchema: one frame every `round(round(avg_fps) / 0.5)` frames from frame 0; MLVU and EgoSchema then

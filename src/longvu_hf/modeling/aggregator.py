@@ -1,4 +1,4 @@
-"""The Spatial Vision Aggregator (SVA) of Cambrian, as LongVU uses it (REFERENCE.md §2.3).
+"""The Spatial Vision Aggregator (SVA) of Cambrian, as LongVU uses it (docs/reference.md §2.3).
 
 Per frame, each encoder's 24x24 feature map is projected to the SVA width, cut into `query_grid x query_grid`
 windows, and a learned query per window attends (3 layers) to that window's tokens of both encoders, conditioned on the

@@ -1,7 +1,7 @@
 """LongVU's spatiotemporal compression as small, pure tensor functions.
 
 Each function is one step of the paper (arXiv 2410.17434, §3) as the official code implements it
-(`Vision-CAIR/LongVU`, `longvu/cambrian_arch.py`; `REFERENCE.md` §3-5 describes every quirk kept here). None of them
+(`Vision-CAIR/LongVU`, `longvu/cambrian_arch.py`; `docs/reference.md` §3-5 describes every quirk kept here). None of them
 knows about models or configs: they take tensors and numbers and return tensors and numbers.
 
 Steps, in the order the model applies them:
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 
 def visual_budget(max_context_length: int, text_length: int, margin: int) -> int:
-    """Tokens left for visual tokens: `max_context_length - text_length - margin` (REFERENCE.md §3, §4.1, §4.2).
+    """Tokens left for visual tokens: `max_context_length - text_length - margin` (docs/reference.md §3, §4.1, §4.2).
 
     The reference counts `text_length` with the placeholder for frame selection and the SVA flags, and without it when
     splicing; callers pass whichever count the step uses.
@@ -50,7 +50,7 @@ def frame_budget(budget: int, tokens_per_frame: int) -> int:
 
 
 def resolution_flags(num_frames: int, budget: int, high_tokens: int, low_tokens: int) -> tuple[bool, bool]:
-    """The reference's `(input_mix_res, input_high_res)` flags for a video of `num_frames` frames (REFERENCE.md §4.1).
+    """The reference's `(input_mix_res, input_high_res)` flags for a video of `num_frames` frames (docs/reference.md §4.1).
 
     - fewer frames than fit at full resolution: no mixing, full resolution;
     - more frames than fit even at low resolution: no mixing (and, in the released configs, still full resolution:
@@ -103,7 +103,7 @@ def select_frames_in_windows(
     dino_features: torch.Tensor, threshold: float, window_size: int
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Kept frame indices (sorted, int64) and per-window scores over consecutive windows of `window_size` frames; the
-    last window may be shorter (REFERENCE.md §3 steps 5-7). No cap is applied."""
+    last window may be shorter (docs/reference.md §3 steps 5-7). No cap is applied."""
     kept, scores = [], []
     for start in range(0, len(dino_features), window_size):
         window_scores = dino_window_scores(dino_features[start : start + window_size])
@@ -114,7 +114,7 @@ def select_frames_in_windows(
 
 
 def cap_selected_frames(indices: torch.Tensor, num_frames: int, window_size: int, max_frames: int) -> torch.Tensor:
-    """The reference's hard cap after selection (REFERENCE.md §3 step 8). It applies only when the video spans at
+    """The reference's hard cap after selection (docs/reference.md §3 step 8). It applies only when the video spans at
     least one whole window (a single short window never exceeds the cap)."""
     return cap_frame_indices(indices, max_frames) if num_frames >= window_size else indices
 
@@ -126,7 +126,7 @@ def select_frames(
     max_frames: int,
     max_features_held: int | None = None,
 ) -> FrameSelection:
-    """Temporal reduction of a whole video (REFERENCE.md §3 steps 5-8): per window, frames whose DINOv2 features
+    """Temporal reduction of a whole video (docs/reference.md §3 steps 5-8): per window, frames whose DINOv2 features
     repeat the window's are dropped; then the hard cap.
 
     Args:
@@ -243,7 +243,7 @@ def lowres_original_size(original_size: tuple[int, int], high_grid: int, low_gri
 
 
 def num_high_res_frames(budget: int, visual_len: int, high_per_frame: int, low_per_frame: int) -> int:
-    """How many low-resolution frames can be upgraded to full resolution within `budget` (REFERENCE.md §4.2).
+    """How many low-resolution frames can be upgraded to full resolution within `budget` (docs/reference.md §4.2).
 
     `visual_len` is the total of the all-low-resolution sequence; per-frame counts include newlines and unpadding.
     Returns 0 when nothing can be upgraded.
@@ -256,7 +256,7 @@ def num_high_res_frames(budget: int, visual_len: int, high_per_frame: int, low_p
 
 def query_frame_scores(low_res_frames: torch.Tensor, query_embeds: torch.Tensor) -> torch.Tensor:
     """Per-frame relevance to the text query: mean over the frame's tokens (newlines included) of the mean over text
-    tokens of the raw dot product (input embeddings, not contextual; REFERENCE.md §4.2).
+    tokens of the raw dot product (input embeddings, not contextual; docs/reference.md §4.2).
 
     Args:
         low_res_frames: `(frames, tokens, dim)` projected low-resolution tokens.
@@ -303,7 +303,7 @@ def mix_resolutions(
 
 
 def stc_keep_mask(frames: torch.Tensor, threshold: float, window_size: int) -> torch.Tensor:
-    """Which tokens STC keeps (REFERENCE.md §5 steps 1-4), computed for all chunks at once.
+    """Which tokens STC keeps (docs/reference.md §5 steps 1-4), computed for all chunks at once.
 
     The first frame of every chunk of `window_size` frames (the anchor) is kept whole; token t of another frame is
     kept iff its cosine similarity to the anchor's token t is below `threshold`. Newline tokens of non-anchor frames
@@ -327,7 +327,7 @@ def stc_keep_mask(frames: torch.Tensor, threshold: float, window_size: int) -> t
 def spatial_token_compression(
     frames: torch.Tensor, threshold: float, window_size: int, budget: int
 ) -> tuple[torch.Tensor, list[int], int]:
-    """STC, then the reference's forced per-chunk truncation and the final cut to `budget` (REFERENCE.md §5).
+    """STC, then the reference's forced per-chunk truncation and the final cut to `budget` (docs/reference.md §5).
 
     Returns the `(tokens, dim)` sequence, the token count of each frame, and `force_remove` (0 if not needed).
     """

@@ -147,7 +147,7 @@ class LongVUCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
 
 def reference_dino_position_interpolation(config: LongVUConfig, embeddings: nn.Module, patch_embeds, height, width):
     """DINOv2 position-embedding interpolation exactly as transformers 4.42 computed it (what LongVU was trained with):
-    bicubic with `scale_factor=(grid + 0.1) / sqrt(num_positions)` rather than `size=grid` (REFERENCE.md §2.2)."""
+    bicubic with `scale_factor=(grid + 0.1) / sqrt(num_positions)` rather than `size=grid` (docs/reference.md §2.2)."""
     num_patches = patch_embeds.shape[1] - 1
     num_positions = embeddings.position_embeddings.shape[1] - 1
     if config.dino_position_interpolation != "reference" or (num_patches == num_positions and height == width):
@@ -523,7 +523,7 @@ class LongVUModel(LongVUPreTrainedModel):
 
         The token budget of each video is computed from its own sample's prompt (`prompt_input_ids` with one
         placeholder per video and `prompt_attention_mask`, or `prompt_inputs_embeds`), as the reference does for batch
-        item 0 (REFERENCE.md §3-5); without a prompt, each video has the whole context and no query (the earliest
+        item 0 (docs/reference.md §3-5); without a prompt, each video has the whole context and no query (the earliest
         frames keep full resolution when mixing). A sample with several visual items splits its budget equally among
         them. `compression` holds one report per video. (The prompt arguments are not named `input_ids`/
         `attention_mask` because `generate` hands every model kwarg matching this signature to the encoder and then

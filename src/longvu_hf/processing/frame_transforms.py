@@ -1,4 +1,4 @@
-"""Per-encoder frame preprocessing exactly as LongVU's reference (`mm_datautils.process_images`, REFERENCE.md §1.3).
+"""Per-encoder frame preprocessing exactly as LongVU's reference (`mm_datautils.process_images`, docs/reference.md §1.3).
 
 For each encoder the reference pads the frame to a square canvas filled with `int(255 * image_mean)` of that encoder
 (`expand2square`: canvas max(W, H)², content pasted at ((max-W)//2, (max-H)//2)) and resizes it with PIL's default

@@ -12,7 +12,7 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 CHAT_TEMPLATE_BACKBONES = ("qwen2", "llama3")
 
 # Both templates put every video/image placeholder of a message first, each followed by "\n", then the text: this is
-# the reference's `"<image>\n" + question` (REFERENCE.md §6.1) whatever the order of the blocks. Assistant turns are
+# the reference's `"<image>\n" + question` (docs/reference.md §6.1) whatever the order of the blocks. Assistant turns are
 # wrapped in {% generation %} so that `return_assistant_tokens_mask=True` marks what training should learn.
 _RENDER_CONTENT_MACRO = """{%- macro render_content(content) -%}
 {%- if content is string -%}{{- content -}}
@@ -201,7 +201,6 @@ class LongVUProcessor(ProcessorMixin):
             chat_template = get_chat_template(backbone, self.video_token, self.image_token)
         super().__init__(tokenizer, video_processor, chat_template=chat_template, **kwargs)
 
-
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """transformers' `save_pretrained`, plus the flat remote code and `auto_map`s that let the folder load with
         `trust_remote_code=True` where longvu-hf is not installed (`remote_code.py`)."""
@@ -224,6 +223,14 @@ class LongVUProcessor(ProcessorMixin):
         missing = [token for token in tokens if token not in special]
         if missing:
             tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        # Harnesses written for transformers 4.x (lmms-eval) always pass `audios=[]`, which the base class rejects as
+        # a deprecated name. An empty or None `audios` means "no audio", like `audio`, which a processor without an
+        # audio processor ignores (transformers' video processors do the same); a non-empty one keeps the base error.
+        if "audios" in kwargs and (kwargs["audios"] is None or _is_empty_list(kwargs["audios"])):
+            kwargs.pop("audios")
+        return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         # Callers such as lmms-eval pass `images=[]` next to videos: an empty (or empty nested) list means "none".
@@ -262,7 +269,7 @@ class LongVUProcessor(ProcessorMixin):
         return names + list(self.video_processor.image_input_names)
 
     def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
-        # One placeholder per video: the model expands it to the compressed length (DESIGN.md, "Placeholder expansion").
+        # One placeholder per video: the model expands it to the compressed length (see `LongVUModel.expand_inputs`).
         return self.video_token
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:

@@ -1,6 +1,6 @@
 """LongVU video processor: decoding, frame sampling and the two encoders' pad + resize.
 
-LongVU feeds every frame to two vision encoders, each with its own preprocessing (REFERENCE.md §1.3): SigLIP gets the
+LongVU feeds every frame to two vision encoders, each with its own preprocessing (docs/reference.md §1.3): SigLIP gets the
 frame padded to a square with (127, 127, 127) and resized to 384², DINOv2 gets it padded with (123, 116, 103) and
 resized to 378². This processor returns both as uint8 tensors (the model rescales and normalises them on its device,
 4x less host memory than float32) together with the frame count and source size of every video. With
@@ -103,7 +103,7 @@ def _reporting_progress(batches: Iterator[FrameBatch], callback: Callable[[int],
 
 
 def reference_frame_stride(average_fps: float, fps: float) -> int:
-    """The reference's sampling step, in frames, for a target rate `fps` (REFERENCE.md §1.2).
+    """The reference's sampling step, in frames, for a target rate `fps` (docs/reference.md §1.2).
 
     `round(average_fps / fps)` as in the README, demo, training (fps=1) and MVBench (fps=2) code; for rates below 1
     fps the MLVU/EgoSchema/VideoMME scripts round the video's rate first: `round(round(average_fps) / fps)`. Python's

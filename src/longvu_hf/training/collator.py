@@ -8,13 +8,13 @@ Loss masks (`label_mode`):
 - `"assistant"` (default): only assistant turns are supervised: the answer text and the end-of-turn token the chat
   template writes after it (`<|im_end|>` for Qwen2, `<|eot_id|>` for Llama 3), so the model learns to stop. The role
   header of the turn (`<|im_start|>assistant\\n`), the system and user turns and the placeholders are -100.
-- `"reference"`: the official recipe (REFERENCE.md §7.2, the LLaVA-OneVision masking): whole assistant turns, role
+- `"reference"`: the official recipe (docs/reference.md §7.2, the LLaVA-OneVision masking): whole assistant turns, role
   header and trailing newline included, plus a few tokens that are supervised *everywhere*, even inside system and
   user turns: for Qwen2 `"\\n"`, `<|im_start|>` and `<|im_end|>`; for Llama 3 `<|begin_of_text|>`,
   `<|start_header_id|>`, `<|end_header_id|>`, `<|eot_id|>` and `"\\n\\n"`.
 
 Not reproduced: the reference's collator reserves `image_token_len + sqrt(image_token_len)` slots after the image
-token and fills them with token id 0 ("!"), which stay in the training sequence after the visual tokens (REFERENCE.md
+token and fills them with token id 0 ("!"), which stay in the training sequence after the visual tokens (docs/reference.md
 §7.4). Inference never sees them, so here the sequence is exactly what inference sees: text, placeholder, text.
 """
 

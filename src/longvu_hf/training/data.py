@@ -1,6 +1,6 @@
 """Training data: LLaVA-style conversation records loaded with `datasets`, media decoded lazily per sample.
 
-The official training data (REFERENCE.md §7.2) is a JSON list (or JSONL) of records such as
+The official training data (docs/reference.md §7.2) is a JSON list (or JSONL) of records such as
 
 ```json
 {"id": "v_001", "video": "kinetics/abc.mp4",

@@ -1,6 +1,6 @@
 """Preparing a LongVU model for training: freezing, the stage-1 -> stage-2 switch, LoRA / QLoRA, loading results.
 
-What LongVU trains (REFERENCE.md §7.1): everything except the two vision towers (SigLIP and DINOv2 stay frozen in both
+What LongVU trains (docs/reference.md §7.1): everything except the two vision towers (SigLIP and DINOv2 stay frozen in both
 stages). Stage 1 trains on images with 576 queries per frame (1x1 SVA windows, no window position embeddings);
 stage 2 trains on videos with 144 queries (2x2 windows), which creates the per-layer window position embeddings
 `pos_embeds` with a random normal initialisation, as the reference does when its config is edited to 144.
@@ -8,6 +8,7 @@ stage 2 trains on videos with 144 queries (2x2 windows), which creates the per-l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 VISION_TOWERS = ("vision_tower", "dino_tower")
 # Every linear layer of the decoder, and only of the decoder: a bare ["q_proj", ...] would also hit DINOv2's attention
-# and the SVA's cross-attention (HF_CONVENTIONS.md §11).
+# and the SVA's cross-attention, which PEFT's name matching would also pick.
 LLM_LORA_TARGET_MODULES = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 # Trained in full next to the adapters: the aggregator and the projector are small and task-specific.
 LORA_MODULES_TO_SAVE = ("vision_aggregator", "multi_modal_projector")
@@ -96,6 +97,41 @@ def init_model_from_parts(
     ...                               "facebook/dinov2-giant", processor, dtype=torch.bfloat16)
     ```
     """
+    with _without_zero3_partitioning():
+        return _init_model_from_parts(text_model, vision_model, dino_model, processor, dtype, config_overrides)
+
+
+@contextlib.contextmanager
+def _without_zero3_partitioning():
+    """Build with whole weights even when `Trainer` runs DeepSpeed ZeRO-3 with `zero3_init_flag`.
+
+    Under that flag transformers partitions every model it creates from a config as it is created (`zero.Init`). The
+    model built from parts creates its towers and LLM from configs inside its own `__init__`: they come out
+    partitioned, then its `post_init` initialises them again ("Fan in and fan out can not be computed for tensor with
+    fewer than 2 dimensions"), and the parts' weights could not be copied in anyway. Built whole (each process holds
+    the model for a moment, as without ZeRO-3), it is partitioned when DeepSpeed prepares it.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    if not hf_deepspeed.is_deepspeed_zero3_enabled():
+        yield
+        return
+    reference = hf_deepspeed._hf_deepspeed_config_weak_ref  # held by TrainingArguments; no public getter
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = reference
+
+
+def _init_model_from_parts(
+    text_model: str | os.PathLike,
+    vision_model: str | os.PathLike,
+    dino_model: str | os.PathLike,
+    processor,
+    dtype: torch.dtype | None,
+    config_overrides: dict,
+) -> LongVUForConditionalGeneration:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     vision_config = AutoConfig.from_pretrained(str(vision_model))
@@ -142,7 +178,7 @@ def prepare_stage2_model(
 
     With 144 queries each SVA query attends to a 2x2 window, and every aggregator layer gains two learned window
     position embeddings `pos_embeds` (one per encoder). They do not exist in the stage-1 checkpoint, so they are created
-    here and initialised from a standard normal distribution, as the reference's `torch.randn` does (REFERENCE.md
+    here and initialised from a standard normal distribution, as the reference's `torch.randn` does (docs/reference.md
     §2.3, §7.1, issue #14). Every other weight is loaded unchanged; any other missing or unexpected weight is an error.
 
     Args:
