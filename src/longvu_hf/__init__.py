@@ -14,7 +14,7 @@ from transformers import (  # noqa: E402
     AutoVideoProcessor,
 )
 
-from .configuration_longvu import LongVUConfig  # noqa: E402
+from .configuration_longvu import CompressionSettings, LongVUConfig  # noqa: E402
 from .modeling import LongVUForConditionalGeneration, LongVUModel, LongVUPreTrainedModel
 from .processing import LongVUProcessor, LongVUVideoProcessor
 
@@ -28,6 +28,7 @@ AutoProcessor.register(LongVUConfig, LongVUProcessor, exist_ok=True)
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompressionSettings",
     "LongVUConfig",
     "LongVUForConditionalGeneration",
     "LongVUModel",
