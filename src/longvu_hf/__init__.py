@@ -15,7 +15,7 @@ from transformers import (  # noqa: E402
 )
 
 from .configuration_longvu import CompressionSettings, LongVUConfig  # noqa: E402
-from .modeling import LongVUForConditionalGeneration, LongVUModel, LongVUPreTrainedModel
+from .modeling import LongVUForConditionalGeneration, LongVUModel, LongVUPreTrainedModel, LongVUVideoFeatures
 from .processing import LongVUProcessor, LongVUVideoProcessor
 
 AutoConfig.register("longvu", LongVUConfig, exist_ok=True)
@@ -34,5 +34,6 @@ __all__ = [
     "LongVUModel",
     "LongVUPreTrainedModel",
     "LongVUProcessor",
+    "LongVUVideoFeatures",
     "LongVUVideoProcessor",
 ]

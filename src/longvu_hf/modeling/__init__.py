@@ -1,3 +1,10 @@
 from .modeling_longvu import LongVUForConditionalGeneration, LongVUModel, LongVUPreTrainedModel
+from .video_features import EncodedVideo, LongVUVideoFeatures
 
-__all__ = ["LongVUForConditionalGeneration", "LongVUModel", "LongVUPreTrainedModel"]
+__all__ = [
+    "EncodedVideo",
+    "LongVUForConditionalGeneration",
+    "LongVUModel",
+    "LongVUPreTrainedModel",
+    "LongVUVideoFeatures",
+]

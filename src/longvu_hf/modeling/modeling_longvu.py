@@ -34,6 +34,7 @@ from ..transformers_compat import (
 )
 from . import compression as C
 from .aggregator import LongVUVisionAggregator, window_key_mask
+from .video_features import EncodedVideo, LongVUVideoFeatures, model_fingerprint, settings_difference
 
 VISUAL_INPUT_NAMES = (
     "pixel_values",
@@ -43,6 +44,7 @@ VISUAL_INPUT_NAMES = (
     "pixel_values_videos_dino",
     "video_num_frames",
     "video_sizes",
+    "video_features",
 )
 
 
@@ -70,6 +72,11 @@ def check_pixel_values(pixels: torch.Tensor, name: str) -> None:
 def check_input_ids(input_ids: torch.Tensor | None) -> None:
     if input_ids is not None and (input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool):
         raise ValueError(f"`input_ids` must hold integer token ids, got dtype {input_ids.dtype}")
+
+
+def _encoding_settings(settings: CompressionSettings) -> dict:
+    """The settings encoded video features depend on (see `video_features.settings_difference`)."""
+    return {name: getattr(settings, name) for name in ("dino_threshold", "max_context_length", "context_margin")}
 
 
 class CompressionReports(Sequence):
@@ -517,6 +524,7 @@ class LongVUModel(LongVUPreTrainedModel):
         max_visual_tokens: int | None = None,
         prompt_inputs_embeds: torch.Tensor | None = None,
         compression_settings: CompressionSettings | dict | None = None,
+        video_features: LongVUVideoFeatures | None = None,
         **kwargs,
     ) -> LongVUVisualFeaturesOutput:
         """Encode and compress every video; `pooler_output` holds one `(tokens_i, hidden)` tensor per video.
@@ -532,9 +540,17 @@ class LongVUModel(LongVUPreTrainedModel):
         `compression_settings` (a `CompressionSettings` or a dict of its fields) changes the budget and thresholds
         for this call only; `max_visual_tokens` caps each video's tokens (the same as that field): frame selection,
         resolution mixing and STC then work as if the context left exactly that many tokens.
+
+        `video_features` (from `encode_videos`) stand in for the pixels: one entry per video placeholder, None for a
+        video whose pixels are given (`pixel_values_videos` then holds only those videos).
         """
         settings = CompressionSettings.from_value(compression_settings, max_visual_tokens=max_visual_tokens)
         settings = settings.resolve(self.config)
+        if video_features is not None:
+            return self._video_features_from_encoded(
+                video_features, settings, pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes,
+                prompt_input_ids, prompt_attention_mask, prompt_inputs_embeds,
+            )
         if pixel_values_videos_dino is None:
             raise ValueError("`pixel_values_videos_dino` is required with `pixel_values_videos`")
         videos, videos_dino = self._split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames)
@@ -576,21 +592,129 @@ class LongVUModel(LongVUPreTrainedModel):
             )
         return select_budget, splice_budget
 
-    def _encode_video(
-        self, video, video_dino, size_hw, prompt, settings: CompressionSettings, output_hidden_states=False,
-        output_attentions=False,
-    ) -> tuple[torch.Tensor, dict, BaseModelOutput]:
+    def _video_features_from_encoded(
+        self, video_features, settings, pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes,
+        prompt_input_ids, prompt_attention_mask, prompt_inputs_embeds,
+    ) -> LongVUVisualFeaturesOutput:
+        """`get_video_features` with encoded videos (and pixels for the entries left None)."""
+        if not isinstance(video_features, LongVUVideoFeatures):
+            raise ValueError(f"`video_features` must come from `encode_videos`, got {type(video_features).__name__}")
+        if video_features.fingerprint != model_fingerprint(self):
+            raise ValueError(
+                "`video_features` were encoded by another model (its config or its tower/aggregator weights differ): "
+                "encode the videos again with this model"
+            )
+        problems = settings_difference(video_features.settings, _encoding_settings(settings))
+        if problems:
+            raise ValueError(
+                f"`video_features` were encoded with {'; '.join(problems)}: encode the videos again with this call's "
+                "compression settings"
+            )
+        missing = sum(entry is None for entry in video_features)
+        new_videos, new_dino, new_sizes = [], [], []
+        if missing:
+            if pixel_values_videos is None:
+                raise ValueError(f"`video_features` leave {missing} video(s) to the pixels, but no `pixel_values_videos`")
+            new_videos, new_dino = self._split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames)
+            new_sizes = (video_sizes if video_sizes is not None
+                         else torch.tensor([[v.shape[-2], v.shape[-1]] for v in new_videos])).tolist()
+        elif pixel_values_videos is not None:
+            raise ValueError("`video_features` cover every video: do not pass `pixel_values_videos` as well")
+        if len(new_videos) != missing:
+            raise ValueError(f"`video_features` leave {missing} video(s) to the pixels, which hold {len(new_videos)}")
+        layout = self._prompt_layout(
+            prompt_input_ids, prompt_attention_mask, self.config.video_token_id, len(video_features), "video_features",
+            inputs_embeds=prompt_inputs_embeds,
+        )
+        pixels = iter(zip(new_videos, new_dino, new_sizes))
+        features, reports, tower_outputs = [], [], []
+        for entry, prompt in zip(video_features, layout):
+            if entry is None:
+                video, video_dino, size_hw = next(pixels)
+                tokens, report, tower_output = self._encode_video(video, video_dino, tuple(size_hw), prompt, settings)
+                tower_outputs.append(tower_output)
+            else:
+                tokens, report = self.compress_video(entry, prompt, settings)
+            features.append(tokens)
+            reports.append(report)
+        return LongVUVisualFeaturesOutput(
+            pooler_output=features, compression=CompressionReports(reports), **self._join_tower_outputs(tower_outputs)
+        )
+
+    def _largest_frame_budget(self, settings: CompressionSettings) -> int:
+        """The most frames any prompt's budget allows under `settings` (the shortest prompt: its placeholder alone);
+        a video with at least this many frames goes through DINOv2 selection whatever the question."""
         cfg = self.config
+        selection_tokens = cfg.lowres_grid_size**2 if cfg.highres else cfg.num_queries
+        return C.frame_budget(C.visual_budget(settings.max_context_length, 1, settings.context_margin), selection_tokens)
+
+    def encode_video(
+        self, video, video_dino, size_hw, frame_budget: int | None, settings: CompressionSettings,
+        output_hidden_states: bool = False, output_attentions: bool = False,
+    ) -> tuple[EncodedVideo, BaseModelOutput]:
+        """The question-independent part of one video: DINOv2 (and selection), SigLIP and the aggregator.
+
+        With the call's `frame_budget` known, selection runs when the video has at least that many frames and only
+        the kept frames go through SigLIP. With `frame_budget=None` (features for any question), a video long enough
+        that every prompt triggers selection keeps the selected frames; a shorter one keeps every frame and records
+        which ones selection would keep."""
         num_frames = len(video)
+        largest = self._largest_frame_budget(settings) if frame_budget is None else frame_budget
+        if num_frames >= largest:  # selection runs: only its frames are encoded further
+            candidates, dino, _ = self.select_video_frames(video_dino, 0, settings.dino_threshold)
+            selected, all_frames_kept = candidates, False
+        else:
+            candidates, dino = torch.arange(num_frames), self.dino_features(video_dino)
+            selected, all_frames_kept = candidates, True
+            if frame_budget is None:  # also what selection would keep, for prompts that leave less room
+                cfg = self.config
+                selected = C.select_frames(
+                    dino, settings.dino_threshold, cfg.dino_window_size, cfg.max_frames_after_selection
+                ).indices
+        siglip, tower_output = self.encode_siglip(
+            video[candidates.to(video.device)], output_hidden_states, output_attentions
+        )
+        sva = self.aggregate(siglip, dino, self._size_as_reference_reads_it(size_hw, is_video=True))
+        encoded = EncodedVideo(num_frames, tuple(size_hw), candidates, sva, selected, all_frames_kept)
+        return encoded, tower_output
+
+    @torch.no_grad()
+    def encode_videos(
+        self,
+        pixel_values_videos: torch.Tensor,
+        pixel_values_videos_dino: torch.Tensor,
+        video_num_frames: torch.Tensor | None = None,
+        video_sizes: torch.Tensor | None = None,
+        compression_settings: CompressionSettings | dict | None = None,
+        **kwargs,
+    ) -> LongVUVideoFeatures:
+        """Encode videos once for many questions: pass the result as `video_features=` to `forward`, `generate` or
+        `get_video_features` in place of the pixels (see `modeling/video_features.py`). `compression_settings` sets
+        the DINO threshold and the largest context the features must serve (default: the config's); extra keyword
+        arguments (other processor outputs) are ignored."""
+        settings = CompressionSettings.from_value(compression_settings).resolve(self.config)
+        videos, videos_dino = self._split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames)
+        if video_sizes is None:
+            video_sizes = torch.tensor([[v.shape[-2], v.shape[-1]] for v in videos])
+        encoded = [
+            self.encode_video(video, video_dino, tuple(size_hw), None, settings)[0]
+            for video, video_dino, size_hw in zip(videos, videos_dino, video_sizes.tolist())
+        ]
+        return LongVUVideoFeatures(encoded, fingerprint=model_fingerprint(self), settings=_encoding_settings(settings))
+
+    def compress_video(
+        self, encoded: EncodedVideo, prompt: dict, settings: CompressionSettings
+    ) -> tuple[torch.Tensor, dict]:
+        """The question-dependent part of one video: the budget from its prompt, which frames are kept, resolution
+        mixing by the query or STC. Returns the tokens and the compression report."""
+        cfg = self.config
         full_tokens, low_tokens = cfg.num_queries, cfg.lowres_grid_size**2
         select_budget, splice_budget = self._video_budgets(prompt, settings)
         selection_tokens = low_tokens if cfg.highres else full_tokens
-        kept, dino, selection_ran = self.select_video_frames(
-            video_dino, C.frame_budget(select_budget, selection_tokens), settings.dino_threshold
-        )
-        siglip, tower_output = self.encode_siglip(video[kept.to(video.device)], output_hidden_states, output_attentions)
-        size_wh = self._size_as_reference_reads_it(size_hw, is_video=True)
-        sva = self.aggregate(siglip, dino, size_wh)
+        selection_ran = encoded.num_input_frames >= C.frame_budget(select_budget, selection_tokens)
+        kept, sva = encoded.frames_for(selection_ran)
+        size_wh = self._size_as_reference_reads_it(encoded.size_hw, is_video=True)
+        num_frames = encoded.num_input_frames
 
         mix_res, _ = C.resolution_flags(len(kept), select_budget, full_tokens, low_tokens)
         use_low = cfg.highres and mix_res
@@ -635,6 +759,22 @@ class LongVUModel(LongVUPreTrainedModel):
             "budget": int(splice_budget),
             "stc_force_remove": int(force_remove),
         }
+        return tokens, report
+
+    def _encode_video(
+        self, video, video_dino, size_hw, prompt, settings: CompressionSettings, output_hidden_states=False,
+        output_attentions=False,
+    ) -> tuple[torch.Tensor, dict, BaseModelOutput]:
+        """One video from its pixels for one prompt: `encode_video` with the prompt's frame budget, then
+        `compress_video`."""
+        cfg = self.config
+        select_budget, _ = self._video_budgets(prompt, settings)  # refuses a prompt without room before the towers
+        selection_tokens = cfg.lowres_grid_size**2 if cfg.highres else cfg.num_queries
+        frame_budget = C.frame_budget(select_budget, selection_tokens)
+        encoded, tower_output = self.encode_video(
+            video, video_dino, size_hw, frame_budget, settings, output_hidden_states, output_attentions
+        )
+        tokens, report = self.compress_video(encoded, prompt, settings)
         return tokens, report, tower_output
 
     @can_return_tuple
@@ -765,19 +905,19 @@ class LongVUModel(LongVUPreTrainedModel):
     def encode_visual_inputs(
         self, input_ids, attention_mask, pixel_values=None, pixel_values_dino=None, image_sizes=None,
         pixel_values_videos=None, pixel_values_videos_dino=None, video_num_frames=None, video_sizes=None,
-        max_visual_tokens=None, inputs_embeds=None, compression_settings=None, **kwargs,
+        max_visual_tokens=None, inputs_embeds=None, compression_settings=None, video_features=None, **kwargs,
     ) -> dict[str, LongVUVisualFeaturesOutput]:
         """Run `get_video_features` / `get_image_features` for whatever pixels are given; `{"video": .., "image": ..}`.
 
         The prompt comes as `input_ids` or `inputs_embeds` (one placeholder per item); `kwargs` may ask for the
         towers' `output_hidden_states`/`output_attentions`."""
         outputs = {}
-        if pixel_values_videos is not None:
+        if pixel_values_videos is not None or video_features is not None:
             outputs["video"] = self.get_video_features(
                 pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes,
                 prompt_input_ids=input_ids, prompt_attention_mask=attention_mask, prompt_inputs_embeds=inputs_embeds,
-                max_visual_tokens=max_visual_tokens, compression_settings=compression_settings, return_dict=True,
-                **kwargs,
+                max_visual_tokens=max_visual_tokens, compression_settings=compression_settings,
+                video_features=video_features, return_dict=True, **kwargs,
             )
         if pixel_values is not None:
             outputs["image"] = self.get_image_features(
@@ -810,12 +950,13 @@ class LongVUModel(LongVUPreTrainedModel):
         use_cache: bool | None = None,
         max_visual_tokens: int | None = None,
         compression_settings: CompressionSettings | dict | None = None,
+        video_features: LongVUVideoFeatures | None = None,
         **kwargs,
     ) -> LongVUModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`")
         check_input_ids(input_ids)
-        if pixel_values_videos is not None or pixel_values is not None:
+        if pixel_values_videos is not None or pixel_values is not None or video_features is not None:
             if mm_encoder_outputs:
                 raise ValueError("Pass either pixel inputs or pre-computed `mm_encoder_outputs`, not both")
             tower_flags = {k: kwargs[k] for k in ("output_hidden_states", "output_attentions") if k in kwargs}
@@ -824,7 +965,7 @@ class LongVUModel(LongVUPreTrainedModel):
                 image_sizes=image_sizes, pixel_values_videos=pixel_values_videos,
                 pixel_values_videos_dino=pixel_values_videos_dino, video_num_frames=video_num_frames,
                 video_sizes=video_sizes, max_visual_tokens=max_visual_tokens, inputs_embeds=inputs_embeds,
-                compression_settings=compression_settings, **tower_flags,
+                compression_settings=compression_settings, video_features=video_features, **tower_flags,
             )
         elif any(v is not None for v in (pixel_values_dino, pixel_values_videos_dino)):
             raise ValueError(
@@ -948,6 +1089,10 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
     def get_video_features(self, *args, **kwargs):
         return self.model.get_video_features(*args, **kwargs)
 
+    def encode_videos(self, *args, **kwargs) -> LongVUVideoFeatures:
+        """See `LongVUModel.encode_videos`."""
+        return self.model.encode_videos(*args, **kwargs)
+
     def get_image_features(self, *args, **kwargs):
         return self.model.get_image_features(*args, **kwargs)
 
@@ -973,6 +1118,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         max_visual_tokens: int | None = None,
         compression_settings: CompressionSettings | dict | None = None,
+        video_features: LongVUVideoFeatures | None = None,
         **kwargs,
     ) -> LongVUCausalLMOutputWithPast:
         outputs = self.model(
@@ -993,6 +1139,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             max_visual_tokens=max_visual_tokens,
             compression_settings=compression_settings,
+            video_features=video_features,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -1092,7 +1239,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         check_input_ids(input_ids)
         attention_mask = kwargs.pop("attention_mask", None)
         inputs_embeds = kwargs.pop("inputs_embeds", None)
-        pixels = [n for n in ("pixel_values", "pixel_values_videos") if n in visual]
+        pixels = [n for n in ("pixel_values", "pixel_values_videos", "video_features") if n in visual]
         if not pixels and kwargs.get("mm_encoder_outputs") and not visual:
             # Features encoded by an earlier call (an assistant model in assisted decoding gets the main model's):
             # the prompt is already in expanded form.
