@@ -436,3 +436,33 @@ def test_lora_adapter_folder_loads_on_its_base(model_dir, video, tmp_path, capsy
         plain = AutoModelForImageTextToText.from_pretrained(model_dir)
         assert not torch.allclose(model(**inputs).logits, plain(**inputs).logits)  # the adapter does something
     assert cli.main(["ask", str(video), QUESTION, "--model", str(adapter_dir), "--quiet", "--max-new-tokens", "2"]) == 0
+
+
+def test_several_questions_encode_the_video_once(model_dir, video, loaded, monkeypatch):
+    questions = [QUESTION, "Describe the main events"]
+    alone = [run_cli("ask", video, q, "--model", model_dir, "--max-new-tokens", "4", "--quiet").stdout.strip()
+             for q in questions]
+    together = run_cli("ask", video, *questions, "--model", model_dir, "--max-new-tokens", "4", "--quiet")
+    assert together.returncode == 0, together.stderr
+    assert together.stdout.strip().splitlines() == [f"[{i}] {answer}" for i, answer in enumerate(alone, start=1)]
+    # in process: the towers run once for both questions
+    model, _ = loaded
+    calls = []
+    monkeypatch.setattr(cli.commands, "_load_for", lambda args: (model, loaded[1], "tiny"))
+    original = type(model.model).encode_video
+    monkeypatch.setattr(type(model.model), "encode_video", lambda *a, **k: calls.append(1) or original(*a, **k))
+    assert cli.main(["ask", str(video), *questions, "--max-new-tokens", "2", "--quiet"]) == 0
+    assert len(calls) == 1
+
+
+def test_chat_reads_questions_from_stdin(model_dir, video):
+    environment = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(SRC))
+    done = subprocess.run(
+        [sys.executable, "-m", "longvu_hf.cli", "chat", str(video), "--model", str(model_dir), "--max-new-tokens", "4",
+         "--quiet"],
+        input=f"{QUESTION}\nDescribe the main events\n\n", capture_output=True, text=True, env=environment, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    answers = done.stdout.strip().splitlines()
+    first = run_cli("ask", video, QUESTION, "--model", model_dir, "--max-new-tokens", "4", "--quiet").stdout.strip()
+    assert len(answers) == 2 and answers[0] == first

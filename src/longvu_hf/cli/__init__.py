@@ -1,9 +1,10 @@
 """The `longvu` command: ask a question about a video, see what the compression did, convert checkpoints, demo.
 
-    longvu ask VIDEO "question" [--model PATH_OR_HUB_ID] [--fps 1] [--max-frames N] [--max-new-tokens 128]
+    longvu ask VIDEO "question" ["another question" ...] [--model PATH_OR_HUB_ID] [--fps 1] [--max-frames N]
+    longvu chat VIDEO                 (questions from stdin, one per line; the video is decoded and encoded once)
     longvu report VIDEO "question" --out report.png|report.html [--json report.json]
     longvu convert --checkpoint ... --siglip ... --dino ... --output ...    (the converter's own options)
-    longvu demo [--out demo.png]                                          (offline, tiny model with random weights)
+    longvu demo [--out demo.png] [--save DIR] [--web]                     (offline, tiny model with random weights)
 
 The model defaults to `Vision-CAIR/LongVU_Qwen2_7B` (or `$LONGVU_MODEL`). An official `Vision-CAIR/LongVU_*` id is
 downloaded and converted on first use into `$HF_HOME/longvu-hf/converted/` (about 15 GB for the 7B checkpoint plus
@@ -28,9 +29,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .commands import cmd_ask, cmd_convert, cmd_report
+from .commands import cmd_ask, cmd_chat, cmd_convert, cmd_report
 from .demo import DEMO_CONTEXT_LENGTH, cmd_demo, demo_model, demo_tokenizer, write_demo_clip
-from . import progress  # noqa: F401  (tests patch its bars)
+from . import commands, progress  # noqa: F401  (tests patch them)
 from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, CLIError
 from .models import (
     DEFAULT_MODEL,
@@ -122,9 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ask = commands.add_parser("ask", help="answer a question about a video (streams the answer)")
     ask.add_argument("video", help="video file (mp4, mkv, webm, ...), folder of frames, or http(s) URL")
-    ask.add_argument("question", help="the question, in quotes")
+    ask.add_argument("question", nargs="+",
+                     help="the question, in quotes; several questions are answered in turn, the video encoded once")
     _add_video_options(ask)
     ask.set_defaults(handler=cmd_ask)
+
+    chat = commands.add_parser("chat", help="questions from stdin about one video, encoded once")
+    chat.add_argument("video", help="video file (mp4, mkv, webm, ...), folder of frames, or http(s) URL")
+    _add_video_options(chat)
+    chat.set_defaults(handler=cmd_chat)
 
     report = commands.add_parser("report", help="picture + JSON of what the compression did to a video")
     report.add_argument("video", help="video file, folder of frames, or http(s) URL")

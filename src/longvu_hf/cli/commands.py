@@ -8,7 +8,15 @@ from typing import Any
 
 from .errors import EXIT_INTERRUPTED, EXIT_OK, CLIError
 from .models import default_model, load_model_and_processor, pick_device, pick_dtype, resolve_model
-from .pipeline import check_output_paths, check_video, prepare_inputs, print_summary, run_model
+from .pipeline import (
+    check_output_paths,
+    check_video,
+    encode_once,
+    prepare_inputs,
+    print_summary,
+    question_inputs,
+    run_model,
+)
 
 
 def _load_for(args) -> tuple[Any, Any, str]:
@@ -26,13 +34,48 @@ def _load_for(args) -> tuple[Any, Any, str]:
 
 def cmd_ask(args) -> int:
     video = check_video(args.video)
+    questions = [q for q in args.question if q.strip()]
+    if not questions:
+        raise CLIError("the question is empty; ask something, in quotes")
     model, processor, _ = _load_for(args)
     inputs, _ = prepare_inputs(
-        processor, video, args.question, args.fps, args.max_frames, args.quiet, num_frames=args.num_frames
+        processor, video, questions[0], args.fps, args.max_frames, args.quiet, num_frames=args.num_frames
     )
-    compression, _, budget = run_model(model, processor, inputs, args, args.quiet)
-    print_summary(compression, args.quiet, args.fps, budget)
+    if len(questions) == 1:
+        compression, _, budget = run_model(model, processor, inputs, args, args.quiet)
+        print_summary(compression, args.quiet, args.fps, budget)
+        return EXIT_OK
+    features = encode_once(model, inputs, args, args.quiet)  # decoded and encoded once for every question
+    for number, question in enumerate(questions, start=1):
+        if not args.quiet:
+            print(f"longvu: question {number}/{len(questions)}: {question}", file=sys.stderr)
+        print(f"[{number}] ", end="", flush=True)
+        compression, _, budget = run_model(
+            model, processor, question_inputs(processor, question), args, args.quiet, video_features=features
+        )
+        print_summary(compression, args.quiet, args.fps, budget)
     return EXIT_OK
+
+
+def cmd_chat(args) -> int:
+    """Questions from stdin, one per line, about one video decoded and encoded once (each question on its own)."""
+    video = check_video(args.video)
+    model, processor, _ = _load_for(args)
+    interactive = sys.stdin.isatty()
+    inputs, _ = prepare_inputs(processor, video, "", args.fps, args.max_frames, args.quiet, num_frames=args.num_frames)
+    features = encode_once(model, inputs, args, args.quiet)
+    if interactive and not args.quiet:
+        print("longvu chat: the video is encoded; ask away (an empty line or Ctrl-D ends).", file=sys.stderr)
+    while True:
+        if interactive:
+            print("? ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or not line.strip():
+            return EXIT_OK
+        compression, _, budget = run_model(
+            model, processor, question_inputs(processor, line.strip()), args, args.quiet, video_features=features
+        )
+        print_summary(compression, args.quiet, args.fps, budget)
 
 
 def write_report(

@@ -99,11 +99,35 @@ def prepare_inputs(
     return inputs, times
 
 
+def question_inputs(processor, question: str) -> dict:
+    """The tokenized chat prompt for one more question about an already decoded video (one video placeholder)."""
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    tokenizer = processor.tokenizer
+    add_special = not (tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token))
+    return dict(tokenizer(text, add_special_tokens=add_special, return_tensors="pt"))
+
+
+def call_settings(model, args):
+    """The call's `CompressionSettings` from the command's options (the prompt is checked per question)."""
+    return effective_budget(model.config, 0, args.max_context_length, args.context_margin, args.max_visual_tokens)[
+        "settings"
+    ]
+
+
+def encode_once(model, inputs, args, quiet: bool):
+    """The video's towers and aggregator, once, for all the questions (`LongVUModel.encode_videos`)."""
+    pixel_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    with encoding_progress(model, int(inputs["video_num_frames"].sum()), quiet):
+        return model.encode_videos(**pixel_inputs, compression_settings=call_settings(model, args))
+
+
 def run_model(
-    model, processor, inputs, args, quiet: bool, generate: bool = True, echo: bool = True
+    model, processor, inputs, args, quiet: bool, generate: bool = True, echo: bool = True, video_features=None
 ) -> tuple[dict, str | None, dict]:
     """Encode (and answer, if `generate`) under the call's token budget (passed to the model as this call's
-    `compression_settings`); returns the model's compression report of the video, the answer, and the budget used."""
+    `compression_settings`); returns the model's compression report of the video, the answer, and the budget used.
+    With `video_features` (from `encode_once`), `inputs` need only the prompt: the video is not encoded again."""
     import torch
 
     num_placeholders = int((inputs["input_ids"] == model.config.video_token_id).sum())
@@ -113,13 +137,15 @@ def run_model(
     )
     text_inputs = {k: v.to(model.device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
     pixel_inputs = {k: v for k, v in inputs.items() if k not in text_inputs}  # the model moves frames chunk by chunk
-    num_frames = int(inputs["video_num_frames"].sum())
+    if video_features is not None:
+        pixel_inputs = {"video_features": video_features}
+    num_frames = int(inputs["video_num_frames"].sum()) if video_features is None else 0
     answer = None
     settings = budget.pop("settings")  # per call: the model's config is left as it is
     with torch.no_grad():
         if generate:
             streamer = make_streamer(processor.tokenizer, args.max_new_tokens, quiet, echo=echo)
-            with encoding_progress(model, num_frames, quiet):
+            with encoding_progress(model, num_frames, quiet or video_features is not None):
                 output = model.generate(
                     **text_inputs, **pixel_inputs, max_new_tokens=args.max_new_tokens, do_sample=False,
                     streamer=streamer, compression_settings=settings, return_dict_in_generate=True,
