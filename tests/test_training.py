@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from PIL import Image
 from tokenizers import AddedToken
 from transformers import (
@@ -474,6 +475,7 @@ def test_stage2_on_videos_skips_bad_media_and_the_result_generates(stage1_run, w
         output_dir=str(output),
         num_train_epochs=1,
         train_sampling_strategy="sequential",
+        max_missing_media_share=0.2,  # 1 of 8 missing: skipped, not stopped
     )
     stage1 = snapshot(LongVUForConditionalGeneration.from_pretrained(stage1_run.output))
     trainer = train(*parse_config(config))
@@ -628,6 +630,9 @@ def test_lora_trains_only_adapters_and_modules_to_save(workspace):
     changed = {name for name in after if not torch.equal(after[name], before[name])}
     assert changed and all(".lora_" in n or ".modules_to_save." in n for n in changed)
     assert any(".lora_B." in n for n in changed)  # LoRA B starts at zero: it moved
+    card = ModelCard.load(output / "README.md").data
+    assert (card.library_name, card.pipeline_tag) == ("peft", "any-to-any") and "longvu" in card.tags
+    assert card.base_model is None  # the base is a local folder here, not a Hub id
 
     # Inference: the adapter on top of its base, merged, gives the trained model's logits.
     merged = load_trained_model(output)
@@ -650,7 +655,7 @@ def test_lora_trains_only_adapters_and_modules_to_save(workspace):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU message")
-def test_qlora_stops_clearly_without_a_gpu(workspace, tmp_path):
+def test_qlora_stops_clearly_without_a_gpu(workspace, tmp_path, capsys):
     with pytest.raises(RuntimeError, match="QLoRA needs a CUDA GPU"):
         qlora_quantization_config()
     spec = importlib.util.spec_from_file_location("longvu_example_train", REPO / "examples" / "train.py")
@@ -658,8 +663,10 @@ def test_qlora_stops_clearly_without_a_gpu(workspace, tmp_path):
     spec.loader.exec_module(train_script)
     config = write_config(tmp_path / "qlora.json", model_name_or_path=str(workspace.stage1_init),
                           data_files=[str(workspace.images)], output_dir=str(tmp_path / "out"), finetuning="qlora")
-    with pytest.raises(SystemExit, match="QLoRA needs a CUDA GPU"):
+    with pytest.raises(SystemExit) as stopped:
         train_script.main([str(config)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("train.py: error: QLoRA needs a CUDA GPU")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -725,3 +732,50 @@ def test_two_process_ddp_run_with_accelerate_launch(workspace):
     assert "'epoch': '0.5'" in result.stdout + result.stderr
     assert (output / "model.safetensors").is_file()
     assert LongVUForConditionalGeneration.from_pretrained(output).config.num_queries == 576
+
+
+def _run_train_py(config: Path, *options: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(REPO / "examples/train.py"), str(config), *options],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        (["--media_root", "nowhere"], "media_root nowhere: no such folder"),
+        (["--model_name_or_path", "checkpoints/LongVU_missing"],
+         "model_name_or_path checkpoints/LongVU_missing: no such local folder, and HF_HUB_OFFLINE is set"),
+        (["--model_name_or_path", "./LongVU_missing"], "no such folder"),
+    ],
+    ids=["media-root", "checkpoint-folder", "relative-checkpoint"],
+)
+def test_train_py_bad_paths_are_one_line(workspace, options, expected):
+    output = workspace.root / "never_written"
+    config = write_config(workspace.root / "bad_paths.json", model_name_or_path=str(workspace.stage1_init),
+                          data_files=[str(workspace.images)], media_root=str(workspace.media),
+                          output_dir=str(output), max_steps=1)
+    result = _run_train_py(config, *options)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("train.py: error:") and expected in lines[-1], lines
+    assert not any("Traceback" in line or "huggingface.co" in line for line in lines)
+    assert not output.exists()
+
+
+def test_missing_media_stops_before_training(workspace, tmp_path):
+    records = [{"id": f"m{i}", "image": f"missing_{i}.png", "conversations": conversation("<image>")} for i in range(7)]
+    records.append({"id": "ok", "image": "photo.png", "conversations": conversation("<image>")})
+    data = write_json(tmp_path / "mostly_missing.json", records)
+    output = tmp_path / "never_written"
+    config = write_config(tmp_path / "missing_media.json", model_name_or_path=str(workspace.stage1_init),
+                          data_files=[str(data)], media_root=str(workspace.media), output_dir=str(output), max_steps=1)
+    result = _run_train_py(config)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "7 of 8 training samples name media files that do not exist" in result.stderr.strip().splitlines()[-1]
+    assert not output.exists()
+    # Under the stated share, the run goes on (the collator skips the few missing ones).
+    model_args, data_args, training_args = parse_config(config, ["--max_missing_media_share", "0.9"])
+    from longvu_hf.training.recipe import build_trainer
+
+    assert build_trainer(model_args, data_args, training_args).train_dataset.num_rows == 8
