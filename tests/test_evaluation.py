@@ -617,3 +617,27 @@ def test_lmms_eval_trimming_keeps_only_the_answer(tmp_path, checkpoint):
     trimmed = [out[len(ids):] for ids, out in zip(inputs["input_ids"], output)]
     answers = processor.batch_decode(trimmed, skip_special_tokens=True)
     assert answers == processor.batch_decode(output[:, -3:], skip_special_tokens=True)
+
+
+def test_questions_on_one_video_share_its_encoding(tmp_path, checkpoint, monkeypatch):
+    """The predictor encodes a video once for its questions (the runner orders them by video); the records equal
+    those of encoding the video again for every question."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from longvu_hf.evaluation import VideoQAPredictor, get_protocol, load_benchmark
+
+    data = write_videomme(tmp_path / "data")
+    dataset = load_benchmark("videomme", str(data)).filter(lambda row: not row["id"].startswith("003"))
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    predictor = VideoQAPredictor(model, processor, get_protocol("videomme", "strict"), subtitles=True)
+    calls = []
+    encode = model.encode_videos
+    monkeypatch.setattr(model, "encode_videos", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    shared = [predictor(row) for row in dataset]
+    assert len(calls) == len(set(dataset["video"])) < len(dataset)
+    fresh = []
+    for row in dataset:
+        predictor._encoded = None  # forget the previous video's encoding
+        fresh.append(predictor(row))
+    assert shared == fresh and all(not record.get("error") for record in shared)

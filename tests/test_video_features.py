@@ -122,3 +122,42 @@ def test_save_load_and_refusals(model, tmp_path):
         LongVUVideoFeatures.load(tmp_path / "clip.longvu")
     with pytest.raises(FileNotFoundError, match="nowhere.longvu.safetensors"):
         LongVUVideoFeatures.load(tmp_path / "nowhere.longvu")
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 23])
+@pytest.mark.parametrize("context", [1024, 300])  # 300: the video soon triggers selection for every prompt
+def test_live_video_answers_like_the_frames_so_far(model, chunk, context):
+    settings = {"max_context_length": context}
+    pixels = random_video_inputs(40, duplicate_runs=3, seed=chunk)
+    live = model.start_live_video(tuple(pixels["video_sizes"][0].tolist()), compression_settings=settings)
+    with pytest.raises(ValueError, match="No frame has arrived yet"):
+        live.features()
+    ids = prompt(3, 0)
+    checked = 0
+    for start in range(0, 40, chunk):
+        stop = min(start + chunk, 40)
+        live.append(pixels["pixel_values_videos"][start:stop], pixels["pixel_values_videos_dino"][start:stop],
+                    video_sizes=pixels["video_sizes"])
+        if stop not in (1, 5, 17, 23, 32, 40):
+            continue
+        so_far = {"pixel_values_videos": pixels["pixel_values_videos"][:stop],
+                  "pixel_values_videos_dino": pixels["pixel_values_videos_dino"][:stop],
+                  "video_num_frames": torch.tensor([stop]), "video_sizes": pixels["video_sizes"]}
+        with torch.no_grad():
+            one_shot = model(input_ids=ids, **so_far, compression_settings=settings)
+            from_live = model(input_ids=ids, video_features=live.features(), compression_settings=settings)
+        assert from_live.compression[0] == one_shot.compression[0], stop
+        torch.testing.assert_close(from_live.logits, one_shot.logits, rtol=1e-4, atol=1e-5)
+        checked += 1
+    assert checked >= 2
+    if context == 300:  # memory: only the frames selection keeps are held once every prompt selects
+        assert len(live.kept) < 40 and live.largest_frame_budget < 40
+
+
+def test_live_video_refuses_other_frames(model):
+    pixels = random_video_inputs(4)
+    live = model.start_live_video((36, 64))
+    with pytest.raises(ValueError, match=r"size \(720, 1280\)"):
+        live.append(pixels["pixel_values_videos"], pixels["pixel_values_videos_dino"], video_sizes=(720, 1280))
+    with pytest.raises(ValueError, match="`pixel_values_videos` must have shape"):
+        live.append(pixels["pixel_values_videos"][:, :, :100], pixels["pixel_values_videos_dino"])

@@ -62,6 +62,8 @@ class VideoQAPredictor:
         self.subtitles = subtitles
         self.video_backend = video_backend
         self.compression_settings = protocol_compression_settings(protocol) if apply_overrides else None
+        # The last video's encoding (towers and aggregator): the next questions about it skip decoding and encoding.
+        self._encoded: tuple[tuple, Any] | None = None
 
     # -- inputs ------------------------------------------------------------------------------------------------------
 
@@ -94,8 +96,14 @@ class VideoQAPredictor:
             token_limit=self.protocol.subtitle_token_limit,
         )
 
-    def prepare_inputs(self, row: dict) -> tuple[dict, bool]:
-        """Processor outputs for one question, and whether subtitles were added."""
+    @staticmethod
+    def video_key(row: dict) -> tuple:
+        """What decides a question's video input: questions with the same key share one encoding."""
+        return (row["video"], row["video_kind"], row.get("clip_start"), row.get("clip_end"))
+
+    def prepare_inputs(self, row: dict, with_video: bool = True) -> tuple[dict, bool]:
+        """Processor outputs for one question (only the prompt's `input_ids`/`attention_mask` without `with_video`),
+        and whether subtitles were added."""
         video, video_kwargs = self._video(row)
         subtitles = self._subtitles(row, video, video_kwargs)
         messages = [
@@ -106,6 +114,8 @@ class VideoQAPredictor:
         ]
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         # The rendered template already holds its special tokens (Llama-3's BOS): do not add them twice.
+        if not with_video:
+            return self.processor.tokenizer([text], return_tensors="pt", add_special_tokens=False), bool(subtitles)
         inputs = self.processor(
             text=[text], videos=[video], return_tensors="pt", add_special_tokens=False, **video_kwargs
         )
@@ -113,10 +123,26 @@ class VideoQAPredictor:
 
     # -- generation --------------------------------------------------------------------------------------------------
 
+    def encoded_inputs(self, row: dict) -> tuple[dict, bool]:
+        """The prompt of one question with the video's encoding (`video_features`): the video is decoded and encoded
+        only when it differs from the previous question's (the runner orders questions by video)."""
+        key = self.video_key(row)
+        if self._encoded is not None and self._encoded[0] == key:
+            inputs, with_subtitles = self.prepare_inputs(row, with_video=False)
+        else:
+            self._encoded = None
+            inputs, with_subtitles = self.prepare_inputs(row)
+            pixels = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+            with torch.inference_mode():
+                features = self.model.encode_videos(**pixels, compression_settings=self.compression_settings)
+            self._encoded = (key, features)
+            inputs = {k: inputs[k] for k in ("input_ids", "attention_mask")}
+        return {**inputs, "video_features": self._encoded[1]}, with_subtitles
+
     @torch.inference_mode()
     def generate(self, inputs) -> tuple[str, dict]:
         """Greedy answer text (special tokens removed) and the video's compression report."""
-        inputs = inputs.to(self.model.device)
+        inputs = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         output = self.model.generate(
             **inputs,
             max_new_tokens=self.protocol.max_new_tokens,
@@ -134,7 +160,7 @@ class VideoQAPredictor:
     def __call__(self, row: dict) -> dict:
         record = {"id": row["id"], "category": row.get("category") or "", "answer": row.get("answer")}
         try:
-            inputs, with_subtitles = self.prepare_inputs(row)
+            inputs, with_subtitles = self.encoded_inputs(row)
         except Exception as error:  # anything wrong with this question's data is recorded, not fatal
             record["error"] = _describe(error)
             return record
@@ -148,7 +174,7 @@ class VideoQAPredictor:
             parsed=parse_answer(text, row["letters"], self.protocol.benchmark, list(row.get("options") or [])),
             prompt_tokens=int(inputs["input_ids"].shape[1]),
             subtitles_used=with_subtitles,
-            frames_sampled=int(report.get("num_input_frames", int(inputs["video_num_frames"][0]))),
+            frames_sampled=report.get("num_input_frames"),
             frames_kept=len(report["kept_frame_indices"]) if "kept_frame_indices" in report else None,
             frames_high_res=len(report["high_res_frame_indices"]) if "high_res_frame_indices" in report else None,
             visual_tokens=report.get("num_visual_tokens"),

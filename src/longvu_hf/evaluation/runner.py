@@ -84,6 +84,12 @@ def run_evaluation(
     all_ids = list(dataset["id"])
     done_before = read_records(output_dir) if os.path.isdir(output_dir) else {}
     todo = pending_ids(all_ids, done_before, retry_errors)
+    if "video" in dataset.column_names:
+        # Questions about one video in a row (the predictor encodes each video once); a stable sort keeps the
+        # dataset's order within a video, and processes get whole runs of videos.
+        video_of = dict(zip(all_ids, dataset["video"]))
+        first_seen = {video: rank for rank, video in enumerate(dict.fromkeys(video_of[i] for i in todo))}
+        todo = sorted(todo, key=lambda question_id: first_seen[video_of[question_id]])
     # Everyone computes the same to-do list from the same files before anyone appends to them.
     state.wait_for_everyone()
 

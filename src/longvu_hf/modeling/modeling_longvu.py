@@ -34,6 +34,7 @@ from ..transformers_compat import (
 )
 from . import compression as C
 from .aggregator import LongVUVisionAggregator, window_key_mask
+from .live_video import LongVULiveVideo
 from .video_features import EncodedVideo, LongVUVideoFeatures, model_fingerprint, settings_difference
 
 VISUAL_INPUT_NAMES = (
@@ -702,6 +703,14 @@ class LongVUModel(LongVUPreTrainedModel):
         ]
         return LongVUVideoFeatures(encoded, fingerprint=model_fingerprint(self), settings=_encoding_settings(settings))
 
+    def start_live_video(
+        self, video_size: tuple[int, int], compression_settings: CompressionSettings | dict | None = None
+    ) -> LongVULiveVideo:
+        """A video that arrives in chunks: `append(...)` frames, then `features()` at any moment for `video_features=`
+        (see `modeling/live_video.py`). `video_size` is the source's (height, width)."""
+        settings = CompressionSettings.from_value(compression_settings).resolve(self.config)
+        return LongVULiveVideo(self, video_size, settings)
+
     def compress_video(
         self, encoded: EncodedVideo, prompt: dict, settings: CompressionSettings
     ) -> tuple[torch.Tensor, dict]:
@@ -1092,6 +1101,10 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
     def encode_videos(self, *args, **kwargs) -> LongVUVideoFeatures:
         """See `LongVUModel.encode_videos`."""
         return self.model.encode_videos(*args, **kwargs)
+
+    def start_live_video(self, *args, **kwargs) -> LongVULiveVideo:
+        """See `LongVUModel.start_live_video`."""
+        return self.model.start_live_video(*args, **kwargs)
 
     def get_image_features(self, *args, **kwargs):
         return self.model.get_image_features(*args, **kwargs)
