@@ -41,6 +41,16 @@ def test_compression_benchmark_quick(tmp_path):
     assert result["reduced"]["quick"] and result["machine"]["cpu"]
 
 
+def test_repeated_questions_benchmark_quick(tmp_path):
+    output = tmp_path / "repeated.json"
+    done = run_benchmark("repeated_questions.py", "--quick", "--frames", "3", "--questions", "2", "--repeats", "1",
+                         "--output", str(output))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(output.read_text())
+    assert result["identical_answers"] and result["workload"]["questions_per_video"] == 2
+    assert set(result["results"]) == {"without_reuse", "with_reuse"} and result["median_cpu_ratio"] > 0
+
+
 def test_long_video_benchmark_quick(tmp_path):
     output = tmp_path / "long_video.json"
     done = run_benchmark("long_video.py", "--quick", "--output", str(output))

@@ -374,7 +374,7 @@ def test_synthetic_release_converts_and_reloads(tmp_path, release):
 
     card = ModelCard.load(output / "README.md")
     assert card.data.base_model == f"Vision-CAIR/{release}" and card.data.library_name == "transformers"
-    assert card.data.pipeline_tag == ("video-text-to-text" if kind == "video" else "image-text-to-text")
+    assert card.data.pipeline_tag == ("any-to-any" if kind == "video" else "image-text-to-text")
     assert f"\n# {output.name}\n" in card.text
     assert ("Cutting Knowledge Date" in card.text) == (family == "llama")  # the Llama template difference
     assert ("Llama 3.2 Community License" in card.text) == (family == "llama")

@@ -124,8 +124,10 @@ def test_save_load_and_refusals(model, tmp_path):
         LongVUVideoFeatures.load(tmp_path / "nowhere.longvu")
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 16, 23])
-@pytest.mark.parametrize("context", [1024, 300])  # 300: the video soon triggers selection for every prompt
+@pytest.mark.parametrize(
+    "chunk, context",  # chunks that split DINO windows and one that matches them; 300: selection for every prompt
+    [(1, 300), (5, 1024), (16, 300), (23, 1024)],
+)
 def test_live_video_answers_like_the_frames_so_far(model, chunk, context):
     settings = {"max_context_length": context}
     pixels = random_video_inputs(40, duplicate_runs=3, seed=chunk)
