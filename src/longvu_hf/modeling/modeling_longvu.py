@@ -83,6 +83,13 @@ def _encoding_settings(settings: CompressionSettings) -> dict:
 class CompressionReports(Sequence):
     """The compression report of each video (or image) of a call, in placeholder order: read-only dicts.
 
+    A video's report (`LongVUModel.compress_video` writes it): `num_input_frames` (sampled frames),
+    `kept_frame_indices` (after DINOv2 selection and the cap), `frame_selection_ran`, `high_res_frame_indices` (the
+    kept frames at full resolution), `tokens_per_frame` (one entry per kept frame, after STC), `path` ("none": every
+    kept frame as is, "mix": query-based high/low resolution mixing, "stc": spatial token compression),
+    `num_visual_tokens`, `budget` (the visual tokens the prompt leaves) and `stc_force_remove` (tokens STC had to
+    truncate). An image's: `num_visual_tokens`, `low_res`.
+
     A sequence of its own rather than a list, so that transformers handles it as metadata (as it does a cache) and
     never as tensors to compare or move.
     """
@@ -115,7 +122,7 @@ class LongVUVisualFeaturesOutput(BaseModelOutputWithPooling):
         `output_attentions` is set.
     pooler_output (`list[torch.Tensor]`): one `(num_tokens_i, hidden_size)` tensor per video (or image), compressed and
         ready to replace that item's placeholder.
-    compression (`CompressionReports`): one report per item (see `LongVUModel.get_video_features`).
+    compression (`CompressionReports`): one report per item (its fields: see `CompressionReports`).
     """
 
     compression: CompressionReports | None = None
@@ -128,7 +135,7 @@ class LongVUModelOutputWithPast(MultimodalBaseModelOutputWithPast):
     `get_video_features`/`get_image_features` returned) plus LongVU's own fields. When the placeholders were expanded,
     `attention_mask` and `labels` are the expanded ones.
 
-    compression (`list[dict]`): one report per video.
+    compression (`CompressionReports`): one report per video (its fields: see `CompressionReports`).
     """
 
     attention_mask: torch.Tensor | None = None
@@ -143,8 +150,7 @@ class LongVUCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     Output of `LongVUForConditionalGeneration.forward`: transformers' multimodal causal-LM output plus LongVU's own
     fields; `logits` cover the expanded sequence.
 
-    compression (`CompressionReports`): one report per video: `num_input_frames`, `kept_frame_indices`,
-        `high_res_frame_indices`, `tokens_per_frame`, `path` ("none" | "mix" | "stc"), `num_visual_tokens`, `budget`.
+    compression (`CompressionReports`): one report per video (its fields: see `CompressionReports`).
     """
 
     attention_mask: torch.Tensor | None = None

@@ -281,8 +281,8 @@ class LongVUProcessor(ProcessorMixin):
         """Decodes generated token ids (a batch or a single sequence) to a list of strings.
 
         `prompt_input_ids` (the processor's `input_ids`), if given, drops the decoded prompt from the front of each
-        decoded sequence: this works whether the sequences start with the prompt as given or, as the model sees it,
-        with each placeholder expanded to the video's visual tokens (which decode to nothing).
+        decoded sequence: `generate` returns the prompt as given (one placeholder per video) followed by the new
+        tokens, as transformers' models do (so `generated[:, len(prompt):]` is the answer too).
 
         Example:
 
