@@ -192,8 +192,8 @@ class LongVULmmsEvalModel(lmms):
       `uniform`), `num_frames`, `video_backend`. Clip bounds a task gives (`video_start`/`video_end`) are honoured.
     - `protocol`: `videomme`, `mlvu`, `egoschema` or `mvbench` applies the official LongVU script's sampling, frame
       cap and thresholds for that benchmark (`longvu_hf.evaluation.get_protocol`); explicit arguments win.
-    - Token budget: `max_context_length`, `context_margin` (config fields), `max_visual_tokens` (a cap per video,
-      passed to `generate`); thresholds: `stc_threshold`, `dino_threshold`.
+    - Token budget: `max_context_length`, `context_margin`, `max_visual_tokens` (a cap per video); thresholds:
+      `stc_threshold`, `dino_threshold`. All passed to `generate` as `compression_settings` (the config is unchanged).
     - `max_new_tokens`: used when a task gives none (default 128); `system_prompt`.
 
     Example:
@@ -266,8 +266,13 @@ class LongVULmmsEvalModel(lmms):
                  "max_frames_mode": _optional(max_frames_mode), "num_frames": _optional_int(num_frames),
                  "video_backend": _optional(video_backend)},
             )
+            unknown = sorted(set(config_overrides) - set(CONFIG_FIELDS))
+            if unknown:
+                raise ValueError(f"the LongVU config has no per-call field(s) {unknown}")
+            # Per-call compression settings (the model's config stays as loaded), checked here once.
+            self.compression_settings = {**config_overrides, "max_visual_tokens": self.max_visual_tokens}
             self._model, self.processor = self._load(
-                str(pretrained), dtype, _optional(attn_implementation), _as_bool(trust_remote_code), config_overrides
+                str(pretrained), dtype, _optional(attn_implementation), _as_bool(trust_remote_code)
             )
         eval_logger.info(
             f"longvu (process {self._rank + 1}/{self._world_size}): {pretrained} on {self._device}, sampling "
@@ -313,9 +318,8 @@ class LongVULmmsEvalModel(lmms):
         sampling_kwargs.update({name: value for name, value in sampling.items() if value is not None})
         return config_overrides, sampling_kwargs
 
-    def _load(self, pretrained: str, dtype: str, attn_implementation: str | None, trust_remote_code: bool,
-              config_overrides: dict):
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    def _load(self, pretrained: str, dtype: str, attn_implementation: str | None, trust_remote_code: bool):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         from .. import cli
 
@@ -327,12 +331,7 @@ class LongVULmmsEvalModel(lmms):
                 folder = cli.resolve_model(pretrained, quiet=self._rank != 0)
             except cli.CLIError as error:
                 raise ValueError(str(error).replace(f"--model {pretrained}", f"pretrained={pretrained}", 1)) from None
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        for name, value in config_overrides.items():
-            if name not in CONFIG_FIELDS or not hasattr(config, name):
-                raise ValueError(f"the LongVU config has no field {name!r}")
-            setattr(config, name, value)
-        load_kwargs: dict[str, Any] = {"config": config, "dtype": cli.pick_dtype(dtype, self._device.type)}
+        load_kwargs: dict[str, Any] = {"dtype": cli.pick_dtype(dtype, self._device.type)}
         if attn_implementation is not None:
             load_kwargs["attn_implementation"] = attn_implementation
         if self._device.type == "cuda":
@@ -420,9 +419,7 @@ class LongVULmmsEvalModel(lmms):
         with failures_exit_nonzero(self._describe(batch, requests)):
             inputs = self._processor_inputs(batch)
             settings = generation_settings(batch[0].gen_kwargs, self.default_max_new_tokens)
-            if self.max_visual_tokens is not None:
-                settings["max_visual_tokens"] = self.max_visual_tokens
-            output = self._model.generate(**inputs, **settings)
+            output = self._model.generate(**inputs, **settings, compression_settings=self.compression_settings)
             # `generate` returns the prompt as given (one placeholder per video) followed by the new tokens.
             new_tokens = output[:, inputs["input_ids"].shape[1] :]
             texts = self.processor.batch_decode(new_tokens, skip_special_tokens=True)
