@@ -122,10 +122,14 @@ def test_answer_streams_then_report(answerer, clip):
     assert final.report_image.width > 0
 
 
-def test_follow_up_reuses_decoded_frames_and_keeps_history(answerer, clip):
+def test_follow_up_reuses_decoded_frames_and_keeps_history(answerer, clip, monkeypatch):
+    encodings = []
+    encode = answerer.model.encode_videos
+    monkeypatch.setattr(answerer.model, "encode_videos", lambda *a, **k: encodings.append(1) or encode(*a, **k))
     first = assert_answered(run(answerer, None, str(clip), QUESTION))
     second = assert_answered(run(answerer, None, str(clip), "and then ?", first.conversation))
     assert "Question 2" in second.status and "reused" in second.status and "ran again" in second.status
+    assert len(encodings) <= 1  # the towers ran for the first question only (none if an earlier test encoded it)
     assert [q for q, _ in second.conversation.turns] == [QUESTION, "and then ?"]
     assert second.report["budget"]["prompt_tokens"] > first.report["budget"]["prompt_tokens"]
     # Other options mean another decoding, and a new conversation.

@@ -6,9 +6,10 @@
 
 The page takes an upload or a path/URL, a question and three options (fps, frame cap, token budget), streams the answer
 token by token and shows the compression report beside it (the picture of `longvu report` and its numbers). Several
-questions on the same video form a conversation: the decoded frames are kept and reused, while DINOv2, SigLIP and the
-compression run again for every question, because the question decides which frames keep full resolution (and the
-earlier turns, which are in the prompt, take tokens from the video's budget).
+questions on the same video form a conversation: the decoded frames and the towers' work (DINOv2, SigLIP and the
+aggregator, `model.encode_videos`) are kept and reused; only the compression runs again for every question, because
+the question decides which frames keep full resolution (and the earlier turns, which are in the prompt, take tokens
+from the video's budget).
 
 Bad input (no video, an unreadable or audio-only file, an empty question, a video over the page's length limit, a
 conversation that no longer fits the context) is answered with a message in the page; the server keeps running.
@@ -124,6 +125,7 @@ class DecodedVideo:
     frame_times: list[float] | None
     duration_s: float | None
     decode_seconds: float
+    features: Any = None  # the towers' output (`encode_videos`), made by the first question and reused after it
 
     @property
     def num_frames(self) -> int:
@@ -455,9 +457,11 @@ class VideoQuestionAnswerer:
             streamer = _PageStreamer(self.processor.tokenizer, events)
             text = {name: tensor.to(self.model.device) for name, tensor in text.items()}
             with torch.no_grad(), self._encoding_progress(events):
-                # The frames stay on the CPU: the model moves them to its device chunk by chunk.
+                if decoded.features is None:  # the towers, once per decoded video
+                    # The frames stay on the CPU: the model moves them to its device chunk by chunk.
+                    decoded.features = self.model.encode_videos(**decoded.pixel_inputs, compression_settings=settings)
                 output = self.model.generate(
-                    **text, **decoded.pixel_inputs, max_new_tokens=options.max_new_tokens, do_sample=False,
+                    **text, video_features=decoded.features, max_new_tokens=options.max_new_tokens, do_sample=False,
                     streamer=streamer, compression_settings=settings, return_dict_in_generate=True,
                 )
             events.put(("answered", None))
@@ -566,9 +570,10 @@ def _reencoding_note(decoded: DecodedVideo, reused: bool, same_video: bool, hist
     else:
         decoding = f"{frames} decoded in {decoded.decode_seconds:.1f} s"
     if same_video and history.turns:
-        return (f"Question {len(history.turns) + 1} on {decoded.label}: {decoding}; DINOv2, SigLIP and the compression "
-                f"ran again, because the question picks the full-resolution frames and the {len(history.turns)} "
-                f"earlier turn(s) in the prompt ({budget['prompt_tokens']} tokens) shrink the video's budget.")
+        return (f"Question {len(history.turns) + 1} on {decoded.label}: {decoding}; the towers' output (DINOv2, SigLIP, "
+                f"aggregator) reused too; the compression ran again, because the question picks the full-resolution "
+                f"frames and the {len(history.turns)} earlier turn(s) in the prompt ({budget['prompt_tokens']} tokens) "
+                "shrink the video's budget.")
     return f"New conversation about {decoded.label}: {decoding}."
 
 
