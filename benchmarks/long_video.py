@@ -1,4 +1,10 @@
-"""Benchmark: time to first token and peak memory versus video length, longvu_hf against the official pipeline.
+"""Benchmark: time to first token and peak memory versus video length, longvu_hf against a reference-style baseline.
+
+The baseline is NOT the official code: it re-implements the official pipeline's steps (float pixels of every frame,
+towers in chunks of 64, loop-based selection/mixing/STC written after `cambrian_arch.py`) on top of this package's own
+towers, aggregator and LLM (`reference_baseline.py`), so it measures the official pipeline's data flow and memory
+pattern, not the official implementation. Running the official code itself needs its own environment (transformers
+4.42, as `tests/fixtures/official_cases/make_official_cases.py` does) and has not been done here.
 
     python benchmarks/long_video.py --device cpu            # 1 and 10 min, reduced depths (see below)
     python benchmarks/long_video.py --minutes 1 10 30 60    # all four lengths on CPU (~23 min on 2 cores)
@@ -10,9 +16,10 @@ model with the real widths (SigLIP so400m, DINOv2-giant, SVA, Qwen2-7B), the sam
 near-duplicate frames, uint8 as the processor returns them) and the same 40-token prompt, and run until the first
 generated token:
 - ours: `model.generate(**inputs, max_new_tokens=1)` on the uint8 frames;
-- baseline (`reference_baseline.reference_first_token`, what the official code does): float pixels of every frame for
-  both encoders (float16 on CUDA; bfloat16 on CPU, where float16 kernels are slow), towers in chunks of 64, the DINO
-  features of all frames kept, loop-based selection/mixing/STC, all kept frames through the SVA at once.
+- baseline (`reference_baseline.reference_first_token`, the official code's steps re-implemented, see above): float
+  pixels of every frame for both encoders (float16 on CUDA; bfloat16 on CPU, where float16 kernels are slow), towers
+  in chunks of 64, the DINO features of all frames kept, loop-based selection/mixing/STC, all kept frames through the
+  SVA at once.
 
 Each measurement runs in a fresh process (so that peak host memory is its own) and reports seconds to first token,
 peak host RSS during the call (sampled every 5 ms), peak device memory (`torch.cuda.max_memory_allocated`), and

@@ -110,3 +110,23 @@ def make_tiny_tokenizer_fixture():
 def tiny_tokenizer():
     """A fresh tiny tokenizer (see `make_tiny_tokenizer`)."""
     return make_tiny_tokenizer()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Heavy tests: their own CI step, so that the README's test command stays within its time on 2 cores
+# ----------------------------------------------------------------------------------------------------------------------
+
+HEAVY_ENV = "LONGVU_RUN_HEAVY"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", f"heavy: long-running; runs with {HEAVY_ENV}=1 (its own step of .ci/run)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get(HEAVY_ENV) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"heavy: its own CI step runs it ({HEAVY_ENV}=1 python -m pytest -m heavy tests)")
+    for item in items:
+        if "heavy" in item.keywords:
+            item.add_marker(skip)

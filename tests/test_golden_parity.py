@@ -211,3 +211,17 @@ def test_current_dino_interpolation_moves_values_not_decisions(case, run):
     assert diff > 1e-3
     if recorded:
         assert diff == pytest.approx(recorded["dino_features_max_abs_diff"], rel=0.05)
+    # ... but not the decisions (the fixture records `same_decisions`): same kept and full-resolution frames, same
+    # tokens per frame, same path, same spliced length.
+    with torch.no_grad():
+        exact = model(**case.model_inputs(model))
+    reference = run[2]
+    assert exact.logits.shape == reference.logits.shape
+    if case.is_video:
+        keys = ("kept_frame_indices", "frame_selection_ran", "high_res_frame_indices", "tokens_per_frame", "path",
+                "num_visual_tokens", "stc_force_remove")
+        assert {k: exact.compression[0][k] for k in keys} == {k: reference.compression[0][k] for k in keys}
+    else:
+        assert exact.image_compression[0] == reference.image_compression[0]
+    if recorded:
+        assert recorded["same_decisions"]

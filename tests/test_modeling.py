@@ -203,12 +203,21 @@ def test_assisted_decoding_reuses_the_encoded_video(model):
 
 
 def test_beam_search_sampling_and_streamer(model):
+    # What the settings imply, not only shapes (tests/test_mutation_guards.py also checks each beam's score against
+    # `forward`): two distinct beams, best first, each the prompt then 4 tokens; seeded sampling is reproducible.
     inputs = {"input_ids": torch.tensor([[5, V, 7]]), **random_video_inputs(2)}
-    beams = model.generate(**inputs, max_new_tokens=4, num_beams=3, num_return_sequences=2, do_sample=False)
-    assert beams.shape[0] == 2
-    torch.manual_seed(0)
-    sampled = model.generate(**inputs, max_new_tokens=4, do_sample=True, top_p=0.9, num_return_sequences=2)
-    assert sampled.shape[0] == 2
+    beams = model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, num_beams=3, num_return_sequences=2,
+                           do_sample=False, return_dict_in_generate=True, output_scores=True)
+    assert beams.sequences.shape == (2, 3 + 4) and beams.sequences[:, :3].tolist() == [[5, V, 7]] * 2
+    assert beams.sequences[0].tolist() != beams.sequences[1].tolist()
+    assert beams.sequences_scores[0] >= beams.sequences_scores[1]
+    samples = []
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        samples.append(model.generate(**inputs, max_new_tokens=4, min_new_tokens=4, do_sample=True, top_p=0.9,
+                                      num_return_sequences=2))
+    assert samples[0].shape == (2, 3 + 4) and torch.equal(samples[0], samples[1])
+    assert not torch.equal(samples[0], samples[2])
 
     class Collect(BaseStreamer):
         def __init__(self):

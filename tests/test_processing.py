@@ -78,11 +78,17 @@ def test_llama3_template_renders_the_training_prompt(processor):
     assert with_answer == LLAMA3_PROMPT + "A square.<|eot_id|>"  # contents are trimmed, as in training
 
 
-def test_chat_template_helpers():
-    assert LongVUProcessor.QWEN_CHAT_TEMPLATE == get_chat_template("qwen2")
-    assert LongVUProcessor.LLAMA3_CHAT_TEMPLATE == LongVUProcessor.get_chat_template("llama3")
-    custom = get_chat_template("qwen2", video_token="<|video_pad|>", image_token="<|image_pad|>")
-    assert "'<|video_pad|>'" in custom and "<video>" not in custom
+def test_chat_template_helpers(processor):
+    # Each helper renders its backbone's reference prompt (not just "equals itself").
+    for template, expected in ((LongVUProcessor.QWEN_CHAT_TEMPLATE, QWEN_PROMPT),
+                               (LongVUProcessor.get_chat_template("llama3"), LLAMA3_PROMPT)):
+        assert processor.apply_chat_template(video_message(), chat_template=template, add_generation_prompt=True) \
+            == expected
+    custom = get_chat_template("qwen2", video_token="<|video_pad|>", image_token="<|image_pad|>",
+                               system_prompt="Be brief.")
+    rendered = processor.apply_chat_template(video_message(), chat_template=custom, add_generation_prompt=True)
+    assert rendered == QWEN_PROMPT.replace("<video>", "<|video_pad|>").replace("You are a helpful assistant.",
+                                                                              "Be brief.")
     with pytest.raises(ValueError, match="backbone"):
         get_chat_template("mistral")
 

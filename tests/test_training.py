@@ -708,6 +708,7 @@ def test_accelerate_configs():
     assert yaml.safe_load((REPO / "examples/accelerate/cpu_2proc.yaml").read_text())["num_processes"] == 2
 
 
+@pytest.mark.heavy
 def test_two_process_ddp_run_with_accelerate_launch(workspace):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -126,7 +126,7 @@ def test_save_load_and_refusals(model, tmp_path):
 
 @pytest.mark.parametrize(
     "chunk, context",  # chunks that split DINO windows and one that matches them; 300: selection for every prompt
-    [(1, 300), (5, 1024), (16, 300), (23, 1024)],
+    [(1, 300), (5, 1024), pytest.param(16, 300, marks=pytest.mark.heavy), pytest.param(23, 1024, marks=pytest.mark.heavy)],
 )
 def test_live_video_answers_like_the_frames_so_far(model, chunk, context):
     settings = {"max_context_length": context}
