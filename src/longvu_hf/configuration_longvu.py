@@ -221,8 +221,10 @@ class LongVUConfig(PreTrainedConfig):
         """`PreTrainedConfig.save_pretrained`, plus the flat remote code and `auto_map`s that let the folder load with
         `trust_remote_code=True` where longvu-hf is not installed (`remote_code.py`). `model.save_pretrained` and the
         Trainer's checkpoints come through here."""
-        from .remote_code import save_with_remote_code
+        from .remote_code import MODEL_AUTO_MAP, save_with_remote_code
 
+        # On the object too, as transformers' `custom_object_save` does: what is saved equals what is loaded back.
+        self.auto_map = {**(getattr(self, "auto_map", None) or {}), **MODEL_AUTO_MAP}
         return save_with_remote_code(super().save_pretrained, save_directory, push_to_hub, kwargs)
 
     @property

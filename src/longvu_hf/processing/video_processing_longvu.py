@@ -279,8 +279,10 @@ class LongVUVideoProcessor(BaseVideoProcessor):
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
         """transformers' `save_pretrained`, plus the flat remote code and `auto_map`s that let the folder load with
         `trust_remote_code=True` where longvu-hf is not installed (`remote_code.py`)."""
-        from ..remote_code import save_with_remote_code
+        from ..remote_code import PROCESSOR_AUTO_MAP, save_with_remote_code
 
+        # On the object too, as transformers' `custom_object_save` does: what is saved equals what is loaded back.
+        self.auto_map = {"AutoVideoProcessor": PROCESSOR_AUTO_MAP["AutoVideoProcessor"]}
         return save_with_remote_code(super().save_pretrained, save_directory, push_to_hub, kwargs)
 
     @contextlib.contextmanager
