@@ -373,11 +373,9 @@ class VideoQuestionAnswerer:
             messages.append({"role": "user", "content": content})
             if answered is not None:
                 messages.append({"role": "assistant", "content": [{"type": "text", "text": answered}]})
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        tokenizer = self.processor.tokenizer
-        # As `ProcessorMixin.apply_chat_template`: no second BOS when the template already writes one.
-        add_special = not (tokenizer.bos_token is not None and prompt.startswith(tokenizer.bos_token))
-        return dict(tokenizer(prompt, add_special_tokens=add_special, return_tensors="pt"))
+        from .cli.pipeline import tokenize_chat
+
+        return tokenize_chat(self.processor, messages)
 
     def token_budget(self, text_inputs: dict, options: AskOptions) -> dict:
         """The call's token settings (`cli.effective_budget`: the same rule as the command line), with the

@@ -99,13 +99,19 @@ def prepare_inputs(
     return inputs, times
 
 
-def question_inputs(processor, question: str) -> dict:
-    """The tokenized chat prompt for one more question about an already decoded video (one video placeholder)."""
-    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+def tokenize_chat(processor, messages: list[dict]) -> dict:
+    """`input_ids`/`attention_mask` of chat messages whose video is not decoded (one placeholder per video),
+    tokenized as the processor's `apply_chat_template` does: no second BOS when the template already writes one."""
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     tokenizer = processor.tokenizer
     add_special = not (tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token))
     return dict(tokenizer(text, add_special_tokens=add_special, return_tensors="pt"))
+
+
+def question_inputs(processor, question: str) -> dict:
+    """The tokenized chat prompt for one more question about an already decoded video (one video placeholder)."""
+    message = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}
+    return tokenize_chat(processor, [message])
 
 
 def call_settings(model, args):

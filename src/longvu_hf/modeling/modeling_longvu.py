@@ -478,7 +478,9 @@ class LongVUModel(LongVUPreTrainedModel):
             )
         return layout
 
-    def _split_videos(self, pixel_values_videos, pixel_values_videos_dino, video_num_frames):
+    def _split_videos(self, pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes=None):
+        """Per-video frames (SigLIP and DINOv2) and (height, width) sizes, checked; without `video_sizes`, the
+        frames' own size."""
         if pixel_values_videos.ndim == 5:  # (videos, frames, 3, H, W): same length for all
             if video_num_frames is None:
                 video_num_frames = torch.full((pixel_values_videos.shape[0],), pixel_values_videos.shape[1])
@@ -496,7 +498,12 @@ class LongVUModel(LongVUPreTrainedModel):
                 )
         self._check_pixels(pixel_values_videos, self.config.vision_config.image_size, "pixel_values_videos")
         self._check_pixels(pixel_values_videos_dino, self.config.dino_image_size, "pixel_values_videos_dino")
-        return list(pixel_values_videos.split(counts)), list(pixel_values_videos_dino.split(counts))
+        videos, videos_dino = list(pixel_values_videos.split(counts)), list(pixel_values_videos_dino.split(counts))
+        if video_sizes is None:
+            sizes = [(v.shape[-2], v.shape[-1]) for v in videos]
+        else:
+            sizes = [tuple(int(x) for x in size) for size in torch.as_tensor(video_sizes).tolist()]
+        return videos, videos_dino, sizes
 
     def _tower_output_flags(self, kwargs: dict) -> tuple[bool, bool]:
         """`output_hidden_states`/`output_attentions` for the SigLIP tower: the call's, else the tower config's."""
@@ -560,18 +567,18 @@ class LongVUModel(LongVUPreTrainedModel):
             )
         if pixel_values_videos_dino is None:
             raise ValueError("`pixel_values_videos_dino` is required with `pixel_values_videos`")
-        videos, videos_dino = self._split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames)
+        videos, videos_dino, sizes = self._split_videos(
+            pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes
+        )
         layout = self._prompt_layout(
             prompt_input_ids, prompt_attention_mask, self.config.video_token_id, len(videos), "pixel_values_videos",
             inputs_embeds=prompt_inputs_embeds,
         )
-        if video_sizes is None:
-            video_sizes = torch.tensor([[v.shape[-2], v.shape[-1]] for v in videos])
         output_hidden_states, output_attentions = self._tower_output_flags(kwargs)
         features, reports, tower_outputs = [], [], []
-        for video, video_dino, size_hw, prompt in zip(videos, videos_dino, video_sizes.tolist(), layout):
+        for video, video_dino, size_hw, prompt in zip(videos, videos_dino, sizes, layout):
             tokens, report, tower_output = self._encode_video(
-                video, video_dino, tuple(size_hw), prompt, settings, output_hidden_states, output_attentions
+                video, video_dino, size_hw, prompt, settings, output_hidden_states, output_attentions
             )
             features.append(tokens)
             reports.append(report)
@@ -622,9 +629,9 @@ class LongVUModel(LongVUPreTrainedModel):
         if missing:
             if pixel_values_videos is None:
                 raise ValueError(f"`video_features` leave {missing} video(s) to the pixels, but no `pixel_values_videos`")
-            new_videos, new_dino = self._split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames)
-            new_sizes = (video_sizes if video_sizes is not None
-                         else torch.tensor([[v.shape[-2], v.shape[-1]] for v in new_videos])).tolist()
+            new_videos, new_dino, new_sizes = self._split_videos(
+                pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes
+            )
         elif pixel_values_videos is not None:
             raise ValueError("`video_features` cover every video: do not pass `pixel_values_videos` as well")
         if len(new_videos) != missing:
@@ -638,7 +645,7 @@ class LongVUModel(LongVUPreTrainedModel):
         for entry, prompt in zip(video_features, layout):
             if entry is None:
                 video, video_dino, size_hw = next(pixels)
-                tokens, report, tower_output = self._encode_video(video, video_dino, tuple(size_hw), prompt, settings)
+                tokens, report, tower_output = self._encode_video(video, video_dino, size_hw, prompt, settings)
                 tower_outputs.append(tower_output)
             else:
                 tokens, report = self.compress_video(entry, prompt, settings)
@@ -648,12 +655,18 @@ class LongVUModel(LongVUPreTrainedModel):
             pooler_output=features, compression=CompressionReports(reports), **self._join_tower_outputs(tower_outputs)
         )
 
+    def _selection_frame_budget(self, select_budget: int) -> int:
+        """The frames a video may have before DINOv2 selection runs: the budget in frames of the resolution that
+        selection counts (the low-resolution grid on video checkpoints)."""
+        cfg = self.config
+        return C.frame_budget(select_budget, cfg.lowres_grid_size**2 if cfg.highres else cfg.num_queries)
+
     def _largest_frame_budget(self, settings: CompressionSettings) -> int:
         """The most frames any prompt's budget allows under `settings` (the shortest prompt: its placeholder alone);
         a video with at least this many frames goes through DINOv2 selection whatever the question."""
-        cfg = self.config
-        selection_tokens = cfg.lowres_grid_size**2 if cfg.highres else cfg.num_queries
-        return C.frame_budget(C.visual_budget(settings.max_context_length, 1, settings.context_margin), selection_tokens)
+        return self._selection_frame_budget(
+            C.visual_budget(settings.max_context_length, 1, settings.context_margin)
+        )
 
     def encode_video(
         self, video, video_dino, size_hw, frame_budget: int | None, settings: CompressionSettings,
@@ -700,12 +713,12 @@ class LongVUModel(LongVUPreTrainedModel):
         the DINO threshold and the largest context the features must serve (default: the config's); extra keyword
         arguments (other processor outputs) are ignored."""
         settings = CompressionSettings.from_value(compression_settings).resolve(self.config)
-        videos, videos_dino = self._split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames)
-        if video_sizes is None:
-            video_sizes = torch.tensor([[v.shape[-2], v.shape[-1]] for v in videos])
+        videos, videos_dino, sizes = self._split_videos(
+            pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes
+        )
         encoded = [
-            self.encode_video(video, video_dino, tuple(size_hw), None, settings)[0]
-            for video, video_dino, size_hw in zip(videos, videos_dino, video_sizes.tolist())
+            self.encode_video(video, video_dino, size_hw, None, settings)[0]
+            for video, video_dino, size_hw in zip(videos, videos_dino, sizes)
         ]
         return LongVUVideoFeatures(encoded, fingerprint=model_fingerprint(self), settings=_encoding_settings(settings))
 
@@ -725,8 +738,7 @@ class LongVUModel(LongVUPreTrainedModel):
         cfg = self.config
         full_tokens, low_tokens = cfg.num_queries, cfg.lowres_grid_size**2
         select_budget, splice_budget = self._video_budgets(prompt, settings)
-        selection_tokens = low_tokens if cfg.highres else full_tokens
-        selection_ran = encoded.num_input_frames >= C.frame_budget(select_budget, selection_tokens)
+        selection_ran = encoded.num_input_frames >= self._selection_frame_budget(select_budget)
         kept, sva = encoded.frames_for(selection_ran)
         size_wh = self._size_as_reference_reads_it(encoded.size_hw, is_video=True)
         num_frames = encoded.num_input_frames
@@ -782,10 +794,8 @@ class LongVUModel(LongVUPreTrainedModel):
     ) -> tuple[torch.Tensor, dict, BaseModelOutput]:
         """One video from its pixels for one prompt: `encode_video` with the prompt's frame budget, then
         `compress_video`."""
-        cfg = self.config
         select_budget, _ = self._video_budgets(prompt, settings)  # refuses a prompt without room before the towers
-        selection_tokens = cfg.lowres_grid_size**2 if cfg.highres else cfg.num_queries
-        frame_budget = C.frame_budget(select_budget, selection_tokens)
+        frame_budget = self._selection_frame_budget(select_budget)
         encoded, tower_output = self.encode_video(
             video, video_dino, size_hw, frame_budget, settings, output_hidden_states, output_attentions
         )
