@@ -325,10 +325,12 @@ def test_broken_weights_are_one_line(make_model, expected, model_dir, video, tmp
     assert len(err) == 1 and expected in err[0], err
 
 
-def test_url_videos_reach_the_processor(model_dir, capsys):
-    # A URL is handed to the processor (which fetches it); offline, that ends in one line naming the URL.
+def test_url_videos_are_resolved_before_the_model_loads(model_dir, capsys):
+    # A URL is fetched by check_video (longvu_hf.media_inputs); a host that does not resolve ends in one line
+    # naming the URL (tests/test_media_inputs.py covers downloads, refusals and "not a video").
     url = "https://example.invalid/clip.mp4"
-    assert cli.check_video(url) == url
+    with pytest.raises(cli.CLIError, match="example.invalid"):
+        cli.check_video(url)
     assert cli.main(["ask", url, QUESTION, "--model", str(model_dir), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and url in err[0] and "no such file" not in err[0], err

@@ -386,13 +386,17 @@ def test_nothing_is_written_next_to_the_video(processor, tmp_path):
     assert sorted(os.listdir(tmp_path)) == before
 
 
-def test_url(processor, tmp_path):
+def test_url(processor, tmp_path, monkeypatch):
+    from longvu_hf import media_inputs
+
     path = make_video(tmp_path / "served.mp4", fps=8, num_frames=16)
     handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     handler.log_message = lambda *args: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    # Loopback is never fetched; this test server alone is admitted (tests/test_media_inputs.py covers the refusals).
+    monkeypatch.setattr(media_inputs, "_ADMITTED_FOR_TESTS", frozenset({("127.0.0.1", server.server_address[1])}))
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/served.mp4"
         out = processor(url, return_metadata=True)

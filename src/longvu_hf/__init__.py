@@ -15,6 +15,7 @@ from transformers import (  # noqa: E402
 )
 
 from .configuration_longvu import CompressionSettings, LongVUConfig  # noqa: E402
+from .media_inputs import InputPolicy, InputRefused, MediaSource, resolve_media  # noqa: E402
 from .modeling import LongVUForConditionalGeneration, LongVUModel, LongVUPreTrainedModel, LongVUVideoFeatures
 from .processing import LongVUProcessor, LongVUVideoProcessor
 
@@ -29,6 +30,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CompressionSettings",
+    "InputPolicy",
+    "InputRefused",
     "LongVUConfig",
     "LongVUForConditionalGeneration",
     "LongVUModel",
@@ -36,4 +39,6 @@ __all__ = [
     "LongVUProcessor",
     "LongVUVideoFeatures",
     "LongVUVideoProcessor",
+    "MediaSource",
+    "resolve_media",
 ]

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..media_inputs import MediaSource
 from .errors import EXIT_INTERRUPTED, EXIT_OK, CLIError
 from .models import default_model, load_model_and_processor, pick_device, pick_dtype, resolve_model
 from .pipeline import (
@@ -33,10 +34,14 @@ def _load_for(args) -> tuple[Any, Any, str]:
 
 
 def cmd_ask(args) -> int:
-    video = check_video(args.video)
     questions = [q for q in args.question if q.strip()]
     if not questions:
         raise CLIError("the question is empty; ask something, in quotes")
+    with check_video(args.video) as video:  # a downloaded video is deleted when the command ends
+        return _ask(args, video, questions)
+
+
+def _ask(args, video: MediaSource, questions: list[str]) -> int:
     model, processor, _ = _load_for(args)
     inputs, _ = prepare_inputs(
         processor, video, questions[0], args.fps, args.max_frames, args.quiet, num_frames=args.num_frames
@@ -59,7 +64,11 @@ def cmd_ask(args) -> int:
 
 def cmd_chat(args) -> int:
     """Questions from stdin, one per line, about one video decoded and encoded once (each question on its own)."""
-    video = check_video(args.video)
+    with check_video(args.video) as video:
+        return _chat(args, video)
+
+
+def _chat(args, video: MediaSource) -> int:
     model, processor, _ = _load_for(args)
     interactive = sys.stdin.isatty()
     inputs, _ = prepare_inputs(processor, video, "", args.fps, args.max_frames, args.quiet, num_frames=args.num_frames)
@@ -79,7 +88,8 @@ def cmd_chat(args) -> int:
 
 
 def write_report(
-    args, video: Path, model_name: str, model, processor, random_weights: bool, video_label: str | None = None
+    args, video: MediaSource | Path, model_name: str, model, processor, random_weights: bool,
+    video_label: str | None = None,
 ) -> dict:
     from ..report import build_report, save_report
 
@@ -89,9 +99,10 @@ def write_report(
     compression, answer, budget = run_model(
         model, processor, inputs, args, args.quiet, generate=args.max_new_tokens > 0, echo=not args.quiet
     )
+    label = video_label or (video.display_name if isinstance(video, MediaSource) else str(video))
     report = build_report(
-        compression, video=video_label or str(video), question=args.question, model_name=model_name, fps=args.fps,
-        frame_times=times, answer=answer, random_weights=random_weights, budget=budget,
+        compression, video=label, question=args.question, model_name=model_name, fps=args.fps, frame_times=times,
+        answer=answer, random_weights=random_weights, budget=budget,
     )
     size = tuple(int(v) for v in inputs["video_sizes"][0])
     frames = inputs["pixel_values_videos"][: int(inputs["video_num_frames"][0])]
@@ -104,10 +115,10 @@ def write_report(
 
 
 def cmd_report(args) -> int:
-    video = check_video(args.video)
-    args.out_path, args.json_path = check_output_paths(args.out, args.json, args.overwrite)
-    model, processor, name = _load_for(args)
-    write_report(args, video, name, model, processor, random_weights=False)
+    with check_video(args.video) as video:
+        args.out_path, args.json_path = check_output_paths(args.out, args.json, args.overwrite)
+        model, processor, name = _load_for(args)
+        write_report(args, video, name, model, processor, random_weights=False)
     return EXIT_OK
 
 

@@ -6,6 +6,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from ..media_inputs import InputPolicy, InputRefused, MediaSource, check_decode_bounds, resolve_media
 from ..modeling.compression import visual_budget
 from .errors import CLIError
 from .progress import count_sampled_frames, decoding_progress, encoding_progress, make_streamer
@@ -53,23 +54,48 @@ def is_url(value: str) -> bool:
     return value.startswith(("http://", "https://"))
 
 
-def check_video(value: str) -> Path | str:
-    """A local video file or folder of frames (as a `Path`), or an http(s) URL (as given: the processor fetches it)."""
-    if is_url(value):
-        return value
-    path = Path(value).expanduser()
-    if not path.exists():
-        raise CLIError(f"video {value}: no such file or folder; check the path (or give an http(s) URL)")
-    if not (path.is_file() or path.is_dir()):
-        raise CLIError(f"video {value}: not a file")
-    return path
+def check_video(value: str) -> MediaSource:
+    """The command's video, resolved once under the local user's policy (`longvu_hf.media_inputs`): a local file or
+    folder of frames, or an http(s) URL downloaded to a private temporary file (public addresses only, size-capped,
+    deleted by `close()`). Text, playlists and other non-videos are refused here, before the model loads."""
+    try:
+        return resolve_media(value, InputPolicy.local_user(), display_name=value)
+    except FileNotFoundError:
+        raise CLIError(f"video {value}: no such file or folder; check the path (or give an http(s) URL)") from None
+    except InputRefused as error:
+        raise CLIError(str(error)) from None
+
+
+@contextlib.contextmanager
+def _resolved(video: MediaSource | Path | str):
+    """`video` as a `MediaSource`; one resolved here is closed on exit (the caller's own is left open)."""
+    if isinstance(video, MediaSource):
+        yield video
+        return
+    with check_video(str(video)) as source:
+        yield source
 
 
 def prepare_inputs(
-    processor, video: Path | str, question: str, fps: float | None, max_frames: int | None, quiet: bool,
-    num_frames: int | None = None,
+    processor, video: MediaSource | Path | str, question: str, fps: float | None, max_frames: int | None,
+    quiet: bool, num_frames: int | None = None,
 ):
-    """Chat prompt with one video, decoded and sampled by the processor; returns the inputs and the frame times."""
+    """Chat prompt with one video, decoded and sampled by the processor; returns the inputs and the frame times.
+    `video` is a `MediaSource` from `check_video`, or a path/URL that is resolved (and released) here."""
+    with _resolved(video) as source:
+        return _prepare_resolved(processor, source, question, fps, max_frames, quiet, num_frames)
+
+
+def _prepare_resolved(
+    processor, source: MediaSource, question: str, fps: float | None, max_frames: int | None, quiet: bool,
+    num_frames: int | None,
+):
+    policy = InputPolicy.local_user()
+    try:  # the policy's bounds, before any frame is decoded (the local user's policy sets none by default)
+        check_decode_bounds(source, policy, fps=fps, num_frames=num_frames)
+    except InputRefused as error:
+        raise CLIError(str(error)) from None
+    video = source.path
     messages = [{"role": "user", "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": question}]}]
     video_processor = processor.video_processor
     options = {"return_metadata": True}
@@ -79,10 +105,7 @@ def prepare_inputs(
         options["max_frames"] = max_frames
     if num_frames is not None:
         options["num_frames"] = num_frames
-    if quiet or is_url(str(video)):
-        total = None
-    else:
-        total = count_sampled_frames(video_processor, video, fps, max_frames, num_frames)
+    total = None if quiet else count_sampled_frames(video_processor, source, fps, max_frames, num_frames)
     try:
         with decoding_progress(video_processor, total, quiet):
             inputs = processor.apply_chat_template(
@@ -90,7 +113,9 @@ def prepare_inputs(
                 processor_kwargs=options,
             )
     except (ValueError, OSError, RuntimeError) as error:
-        raise CLIError(f"video {video}: cannot be read ({str(error).strip().splitlines()[0][:300]})") from None
+        # Messages name the video as the user gave it, not the temporary file of a download.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].replace(str(video), source.display_name)
+        raise CLIError(f"video {source.display_name}: cannot be read ({reason[:300]})") from None
     metadata = inputs.pop("video_metadata", None)
     times = None
     if metadata:

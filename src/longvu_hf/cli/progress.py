@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 
 def _bar(quiet: bool, **kwargs):
@@ -16,13 +15,14 @@ def _bar(quiet: bool, **kwargs):
 
 
 def count_sampled_frames(
-    video_processor, video: Path, fps: float | None, max_frames: int | None, num_frames: int | None = None
+    video_processor, video, fps: float | None, max_frames: int | None, num_frames: int | None = None
 ) -> int | None:
-    """How many frames the processor will sample (for the decoding bar); None if it cannot tell cheaply."""
+    """How many frames the processor will sample from `video` (a `MediaSource` or a local path), for the decoding
+    bar; None if it cannot tell cheaply."""
     try:
         from ..processing.video_decoding import open_frame_source
 
-        source = open_frame_source(str(video), getattr(video_processor, "video_backend", None))
+        source = open_frame_source(video, getattr(video_processor, "video_backend", None))
         return len(
             video_processor.sample_frames(source.metadata, fps=fps, max_frames=max_frames, num_frames=num_frames)
         )

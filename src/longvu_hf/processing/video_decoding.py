@@ -5,6 +5,10 @@ it is asked for, in small batches of RGB uint8 `(H, W, 3)` arrays, so that a lon
 resolution. Sources exist for video files and URLs (PyAV, torchcodec, decord), folders or lists of frame images, and
 in-memory arrays/tensors.
 
+Paths and URLs are resolved by `longvu_hf.media_inputs.resolve_media` under an `InputPolicy` (the local user's by
+default) before any decoder sees them, and PyAV opens every container with the `file` protocol only and an allow-list
+of container formats (`media_inputs.open_container`), so no file can make FFmpeg open another input.
+
 Frame index `i` always means the `i`-th frame in presentation order, as decord (the reference decoder) counts them.
 
 Example:
@@ -35,11 +39,12 @@ import numpy as np
 from transformers.utils import is_av_available, is_decord_available, is_torchcodec_available
 from transformers.video_utils import VideoMetadata
 
+from ..media_inputs import IMAGE_EXTENSIONS, InputPolicy, MediaSource, load_image, open_container, resolve_media
+
 VIDEO_BACKENDS = ("pyav", "torchcodec", "decord")
 # "auto" tries these in order. PyAV comes first because its decoder below skips the non-reference frames it does not
 # need and seeks over whole GOPs, which measured ~40% less CPU than torchcodec on 1-fps sampling (benchmarks/README.md).
 AUTO_BACKEND_ORDER = ("pyav", "torchcodec", "decord")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 # A batch is a list of (slot, frame): `slot` is the position in the requested index array, `frame` is (H, W, 3) uint8.
 FrameBatch = list[tuple[int, np.ndarray]]
@@ -50,6 +55,7 @@ class FrameSource:
 
     name: str
     metadata: VideoMetadata
+    media: MediaSource | None = None  # the resolved input, kept while the source lives (a download is deleted after)
 
     def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
         raise NotImplementedError
@@ -178,8 +184,15 @@ def _natural_key(name: str) -> list:
 class ImageSequenceFrameSource(FrameSource):
     """A video stored as image files: a folder (files sorted by name) or an explicit list of paths/URLs."""
 
-    def __init__(self, images: str | Sequence[str], name: str, metadata: VideoMetadata | dict | None = None):
+    def __init__(
+        self,
+        images: str | Sequence[str],
+        name: str,
+        metadata: VideoMetadata | dict | None = None,
+        policy: InputPolicy | None = None,
+    ):
         self.name = name
+        self._policy = policy or InputPolicy.local_user()
         if isinstance(images, str):
             files = [
                 os.path.join(images, entry)
@@ -202,17 +215,11 @@ class ImageSequenceFrameSource(FrameSource):
         _complete_timing(self.metadata)
 
     def _load(self, index: int) -> np.ndarray:
-        from transformers.image_utils import load_image
-
         location = self._images[index]
         if not isinstance(location, str):
             return to_uint8_hwc(location)
-        if not location.startswith(("http://", "https://")) and not os.path.isfile(location):
-            raise FileNotFoundError(f"Frame image not found: '{location}' (frame {index} of video {self.name})")
-        try:
-            return np.asarray(load_image(location).convert("RGB"))
-        except Exception as error:  # PIL raises many types for bad files
-            raise ValueError(f"Could not read frame image '{location}' of video {self.name}: {error}") from error
+        # URLs are fetched, and paths opened, under the input policy (media_inputs), never directly.
+        return np.asarray(load_image(location, self._policy, f"'{location}' (frame {index} of video {self.name})"))
 
     def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
         pairs = ((slot, self._load(int(index))) for slot, index in enumerate(np.asarray(indices)))
@@ -290,16 +297,9 @@ class PyAVFrameSource(FrameSource):
     # -- opening -----------------------------------------------------------------------------------------------------
 
     def _open(self):
-        import av
-
+        # The file itself and nothing else: `file` protocol only, allowed container formats only (media_inputs).
         source = io.BytesIO(self._source) if isinstance(self._source, bytes) else self._source
-        try:
-            return av.open(source, mode="r")
-        except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
-            raise ValueError(
-                f"Could not open video {self.name}: not a readable video file, or it is truncated or corrupt "
-                f"({_describe(error)})."
-            ) from error
+        return open_container(source, self.name)
 
     def _video_stream(self, container):
         if not container.streams.video:
@@ -365,7 +365,11 @@ class PyAVFrameSource(FrameSource):
             )
 
     def _decode_skipping(self, slots: dict[int, list[int]]) -> Iterator[tuple[int, np.ndarray]]:
-        """Decodes the wanted frames, skipping unneeded non-reference frames and seeking over unneeded GOPs."""
+        """Decodes the wanted frames, skipping unneeded non-reference frames and seeking over unneeded GOPs.
+
+        Every seek goes to a keyframe after every earlier seek's keyframe (a demuxer whose seeks land early is then
+        decoded forward, never sent back to the same keyframe), so there are at most as many seeks as keyframes and
+        the loop always ends."""
         wanted_set = set(slots)
         pending = sorted(wanted_set, reverse=True)  # pending[-1] is the next frame to deliver
         key_ranks = [rank for rank, _, _ in self._keyframes]
@@ -375,12 +379,14 @@ class PyAVFrameSource(FrameSource):
             self._configure_decoder(stream)
             codec_context = stream.codec_context
             next_pos = 0  # decode position of the next packet the demuxer returns
+            sought_pos = -1  # decode position of the last keyframe sought: the next seek must go further
             seek_to = self._seek_target(pending[-1], key_ranks, next_pos)
             while pending:
                 # After a seek, the first packet must be the keyframe sought (or an earlier one).
                 expected_key_pos = None
                 if seek_to is not None:
                     _, expected_key_pos, key_pts = seek_to
+                    sought_pos = expected_key_pos
                     container.seek(key_pts, stream=stream, backward=True, any_frame=False)
                     codec_context.flush_buffers()
                 seek_to = None
@@ -407,7 +413,7 @@ class PyAVFrameSource(FrameSource):
                         elif rank in wanted_set and rank > pending[-1]:
                             raise _RestartSequential  # a wanted frame went missing
                     # Jump over whole GOPs that hold no wanted frame.
-                    seek_to = self._seek_target(pending[-1], key_ranks, next_pos)
+                    seek_to = self._seek_target(pending[-1], key_ranks, max(next_pos, sought_pos + 1))
                     if seek_to is not None:
                         break
                 if seek_to is None:
@@ -442,6 +448,13 @@ class PyAVFrameSource(FrameSource):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _check_with_pyav(source: str | bytes, name: str) -> None:
+    """torchcodec and decord open files with FFmpeg's defaults (every protocol and demuxer): the container is opened
+    with PyAV's restrictions first, so that a playlist or concat list never reaches them."""
+    with open_container(io.BytesIO(source) if isinstance(source, bytes) else source, name):
+        pass
+
+
 class TorchCodecFrameSource(FrameSource):
     """Decodes with torchcodec (`seek_mode="exact"`: a demux scan gives exact frame indices)."""
 
@@ -449,6 +462,7 @@ class TorchCodecFrameSource(FrameSource):
         from torchcodec.decoders import VideoDecoder
 
         self.name = name
+        _check_with_pyav(source, name)
         try:
             self._decoder = VideoDecoder(source, seek_mode="exact", num_ffmpeg_threads=0, dimension_order="NHWC")
         except Exception as error:  # torchcodec raises RuntimeError/ValueError with FFmpeg's message
@@ -494,6 +508,7 @@ class DecordFrameSource(FrameSource):
         import decord
 
         self.name = name
+        _check_with_pyav(source, name)
         try:
             self._reader = decord.VideoReader(
                 io.BytesIO(source) if isinstance(source, bytes) else source, ctx=decord.cpu(0), num_threads=1
@@ -576,36 +591,36 @@ def _auto_backend() -> str:
     )
 
 
-def _download(url: str) -> bytes:
-    # Kept in memory: nothing is written to disk.
-    from huggingface_hub.utils import httpx
+def open_video_file(
+    location: str | MediaSource, backend: str | None = None, name: str | None = None,
+    policy: InputPolicy | None = None,
+) -> FrameSource:
+    """Opens a video file path or http(s) URL with `backend` ("pyav", "torchcodec", "decord", or None/"auto").
 
-    try:
-        response = httpx.get(url, follow_redirects=True)
-        response.raise_for_status()
-    except Exception as error:
-        raise ValueError(f"Could not download video '{url}': {_describe(error)}") from error
-    return response.content
-
-
-def open_video_file(location: str, backend: str | None = None, name: str | None = None) -> FrameSource:
-    """Opens a video file path or http(s) URL with `backend` ("pyav", "torchcodec", "decord", or None/"auto")."""
-    name = name or f"'{location}'"
-    is_url = location.startswith(("http://", "https://"))
-    if not is_url and not os.path.exists(location):
-        raise FileNotFoundError(f"Video file not found: '{location}'")
+    The location is resolved by `resolve_media` under `policy` (default: `InputPolicy.local_user()`): a URL is
+    downloaded to a private temporary file that lives as long as the returned source."""
+    if isinstance(location, MediaSource):
+        media = location
+    else:
+        media = resolve_media(location, policy or InputPolicy.local_user())
     if backend in (None, "auto"):
         backend = _auto_backend()
     if backend not in VIDEO_BACKENDS:
         raise ValueError(f"`video_backend` must be one of {('auto',) + VIDEO_BACKENDS}, got {backend!r}")
     if not _backend_usable(backend):
         raise ImportError(BACKEND_INSTALL_HINTS[backend])
-    source: str | bytes = _download(location) if is_url else location
+    if media.kind != "video":
+        raise ValueError(f"Video '{media.display_name}' is a folder of frames, not a video file")
+    name = name or f"'{media.display_name}'"
+    source: FrameSource
     if backend == "pyav":
-        return PyAVFrameSource(source, name)
-    if backend == "torchcodec":
-        return TorchCodecFrameSource(source, name)
-    return DecordFrameSource(source, name)
+        source = PyAVFrameSource(str(media.path), name)
+    elif backend == "torchcodec":
+        source = TorchCodecFrameSource(str(media.path), name)
+    else:
+        source = DecordFrameSource(str(media.path), name)
+    source.media = media  # keeps a downloaded file until the source is gone (MediaSource deletes it then)
+    return source
 
 
 def open_frame_source(
@@ -613,14 +628,25 @@ def open_frame_source(
     backend: str | None = None,
     metadata: VideoMetadata | dict | None = None,
     name: str | None = None,
+    policy: InputPolicy | None = None,
 ) -> FrameSource:
     """Opens any supported video input: a file path, URL, folder of frame images, list of frame paths/URLs,
-    (T, H, W, C)/(T, C, H, W) array or tensor, or a list of frames."""
+    (T, H, W, C)/(T, C, H, W) array or tensor, a list of frames, or a `MediaSource` already resolved.
+
+    Paths, URLs and frame lists are resolved under `policy` (default: `InputPolicy.local_user()`, the user's own
+    files and public URLs); see `longvu_hf.media_inputs`."""
+    policy = policy or InputPolicy.local_user()
     if isinstance(video, os.PathLike):
         video = os.fspath(video)
     if isinstance(video, str):
-        if os.path.isdir(video):
-            return ImageSequenceFrameSource(video, name or f"'{video}'", metadata)
+        video = resolve_media(video, policy)
+    if isinstance(video, MediaSource):
+        if video.kind == "frames":
+            source: FrameSource = ImageSequenceFrameSource(
+                str(video.path), name or f"'{video.display_name}'", metadata, policy
+            )
+            source.media = video
+            return source
         source = open_video_file(video, backend, name)
         if metadata is not None:
             # e.g. a user-given fps for a stream without one; what the file says otherwise wins.
@@ -631,7 +657,7 @@ def open_frame_source(
         return source
     if isinstance(video, (list, tuple)) and video and isinstance(video[0], str):
         default_name = f"(list of {len(video)} frame images, the first '{video[0]}')"
-        return ImageSequenceFrameSource(list(video), name or default_name, metadata)
+        return ImageSequenceFrameSource(list(video), name or default_name, metadata, policy)
     return ArrayFrameSource(video, name or "(array)", metadata)
 
 

@@ -29,7 +29,8 @@ from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_videos
 
-from ..configuration_longvu import DINO_IMAGE_MEAN, DINO_IMAGE_STD, SIGLIP_IMAGE_MEAN, SIGLIP_IMAGE_STD
+from ..modeling.configuration_longvu import DINO_IMAGE_MEAN, DINO_IMAGE_STD, SIGLIP_IMAGE_MEAN, SIGLIP_IMAGE_STD
+from ..media_inputs import InputPolicy
 from .frame_transforms import fill_colour, pad_and_resize_pil, pad_and_resize_torch
 from .video_decoding import FrameBatch, FrameSource, frame_rate, open_frame_source, prefetch, to_uint8_hwc
 
@@ -459,11 +460,15 @@ class LongVUVideoProcessor(BaseVideoProcessor):
             raise ValueError(
                 f"Got {len(batch)} videos but {len(metadata)} `video_metadata` entries; pass one per video."
             )
+        # Paths and URLs go through the input policy (media_inputs.resolve_media): the local user's own files and
+        # public URLs (downloads are capped, bounded in time and deleted with their source). A public page resolves
+        # its inputs under its own policy before they reach the processor.
+        policy = InputPolicy.local_user()
         sources = []
         for position, (video, video_metadata) in enumerate(zip(batch, metadata)):
             is_location = isinstance(video, str) or (isinstance(video, (list, tuple)) and isinstance(video[0], str))
             name = None if is_location else f"#{position} (in-memory frames)"
-            sources.append(open_frame_source(video, kwargs["video_backend"], video_metadata, name=name))
+            sources.append(open_frame_source(video, kwargs["video_backend"], video_metadata, name=name, policy=policy))
         return sources
 
     def _allocate_outputs(self, total_frames: int, kwargs: dict) -> list[torch.Tensor]:
@@ -571,10 +576,11 @@ class LongVUVideoProcessor(BaseVideoProcessor):
 
     def fetch_videos(self, video_url_or_urls: str | list[str] | list[list[str]], sample_indices_fn=None):
         """Decodes videos to (frames (T, H, W, 3) uint8, VideoMetadata), like `BaseVideoProcessor.fetch_videos`, but
-        with this package's decoders (PyAV when torchcodec is unusable) and only the sampled frames."""
+        with this package's decoders (PyAV when torchcodec is unusable) and only the sampled frames. URLs and paths
+        are resolved under `InputPolicy.local_user()` (`longvu_hf.media_inputs`)."""
         if isinstance(video_url_or_urls, list):
             return list(zip(*[self.fetch_videos(x, sample_indices_fn=sample_indices_fn) for x in video_url_or_urls]))
-        source = open_frame_source(video_url_or_urls, self.video_backend)
+        source = open_frame_source(video_url_or_urls, self.video_backend, policy=InputPolicy.local_user())
         metadata = source.metadata
         if sample_indices_fn is not None:
             indices = np.asarray(sample_indices_fn(metadata=metadata), dtype=np.int64)
