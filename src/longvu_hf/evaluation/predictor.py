@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..configuration_longvu import CompressionSettings
+from ..media_inputs import InputPolicy, MediaSource, check_decode_bounds, resolve_media
 from .answers import parse_answer
 from .prompts import subtitles_block
 from .protocols import BenchmarkProtocol
@@ -67,15 +68,24 @@ class VideoQAPredictor:
 
     # -- inputs ------------------------------------------------------------------------------------------------------
 
+    # Benchmark videos are the user's own files: the local user's input policy (longvu_hf.media_inputs).
+    input_policy = InputPolicy.local_user()
+
     def _video(self, row: dict) -> tuple[Any, dict]:
         """The video to hand to the processor and the processor options that sample it officially."""
         clip = (row["clip_start"], row["clip_end"]) if row.get("clip_start") is not None else None
         if row["video_kind"] == "frames":
-            frames, _ = load_frame_folder(row["video"], self.protocol.frame_folder_fps, self.protocol.sample_fps, clip)
+            folder = row["video"]
+            if os.path.isdir(folder):  # else load_frame_folder names the missing folder
+                folder = str(resolve_media(folder, self.input_policy).path)
+            frames, _ = load_frame_folder(folder, self.protocol.frame_folder_fps, self.protocol.sample_fps, clip)
             return frames, {"do_sample_frames": False}
         if not os.path.isfile(row["video"]):
             raise FileNotFoundError(f"Video not found: {row['video']}")
-        return row["video"], {"video_backend": self.video_backend, **video_sampling_kwargs(self.protocol, clip)}
+        sampling = video_sampling_kwargs(self.protocol, clip)
+        source = resolve_media(row["video"], self.input_policy)  # not a video, a playlist, ...: refused here
+        check_decode_bounds(source, self.input_policy, fps=sampling.get("fps"), num_frames=sampling.get("num_frames"))
+        return source, {"video_backend": self.video_backend, **sampling}
 
     def _subtitles(self, row: dict, video: Any, video_kwargs: dict) -> str:
         """The official VideoMME subtitles for the frames the processor will sample ("" without an .srt)."""
@@ -84,7 +94,7 @@ class VideoQAPredictor:
         from ..processing.video_decoding import open_frame_source
 
         video_processor = self.processor.video_processor
-        metadata = open_frame_source(video, self.video_backend).metadata
+        metadata = open_frame_source(video, self.video_backend, policy=self.input_policy).metadata
         sampling = {key: value for key, value in video_kwargs.items() if key != "video_backend"}
         indices = video_processor.sample_frames(metadata, **sampling)
         tokenizer = self.processor.tokenizer
@@ -106,6 +116,8 @@ class VideoQAPredictor:
         and whether subtitles were added."""
         video, video_kwargs = self._video(row)
         subtitles = self._subtitles(row, video, video_kwargs)
+        if isinstance(video, MediaSource):
+            video = str(video.path)
         messages = [
             {
                 "role": "user",

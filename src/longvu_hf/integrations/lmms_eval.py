@@ -35,6 +35,8 @@ from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 
+from ..media_inputs import InputPolicy, check_decode_bounds, resolve_media
+
 # lmms-eval's own default when a task gives no `max_new_tokens` (its Qwen2.5-VL chat model uses the same).
 DEFAULT_MAX_NEW_TOKENS = 128
 DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
@@ -445,12 +447,21 @@ class LongVULmmsEvalModel(lmms):
                 kwargs["start_time"] = start
             if end is not None:
                 kwargs["end_time"] = end
-        # The rendered template already holds its special tokens (Llama-3's BOS), as `apply_chat_template(...,
-        # tokenize=True)` knows: do not add them twice.
-        inputs = self.processor(
-            text=texts, videos=videos or None, images=images or None, padding=True, return_tensors="pt",
-            add_special_tokens=False, **kwargs,
-        )
+        with contextlib.ExitStack() as resolved:
+            # Paths and URLs go through the input policy once (longvu_hf.media_inputs): a task's "video" that is
+            # text, a playlist or an internal URL is refused before decoding; downloads are deleted afterwards.
+            policy = InputPolicy.local_user()
+            for position, video in enumerate(videos):
+                if isinstance(video, (str, os.PathLike)):
+                    source = resolved.enter_context(resolve_media(video, policy))
+                    check_decode_bounds(source, policy, fps=kwargs.get("fps"), num_frames=kwargs.get("num_frames"))
+                    videos[position] = str(source.path)
+            # The rendered template already holds its special tokens (Llama-3's BOS), as `apply_chat_template(...,
+            # tokenize=True)` knows: do not add them twice.
+            inputs = self.processor(
+                text=texts, videos=videos or None, images=images or None, padding=True, return_tensors="pt",
+                add_special_tokens=False, **kwargs,
+            )
         return inputs.to(self._device)
 
 
