@@ -4,7 +4,7 @@ Hub remote code (`trust_remote_code=True`) imports the files next to the weights
 copies a module and every sibling it imports with `from .name import ...`, and nothing else. transformers' own
 writer (`register_for_auto_class` + `custom_object_save`) copies files verbatim and only from the class's own folder,
 which cannot work for this package: it keeps its code in subpackages (`modeling/`, `processing/`) that import
-`..configuration_longvu`. So `LongVUConfig.save_pretrained` and the processors' `save_pretrained` call
+each other. So `LongVUConfig.save_pretrained` and the processors' `save_pretrained` call
 `write_remote_code`, which writes flattened copies (each relative import pointed at the sibling file) and the
 `auto_map`s: every folder that `save_pretrained` writes (the converter's, a fine-tuned model's, a Trainer checkpoint,
 a merged LoRA) loads with `trust_remote_code=True` where longvu-hf is not installed. The copies are generated from
@@ -56,7 +56,7 @@ PROCESSOR_AUTO_MAP = {
 def auto_map_sources() -> dict[str, tuple[str, str]]:
     """The auto classes a saved folder declares, each as (package-relative file, class name), read from the classes
     themselves (installed package only)."""
-    from .configuration_longvu import LongVUConfig
+    from .modeling.configuration_longvu import LongVUConfig
     from .modeling.modeling_longvu import LongVUForConditionalGeneration, LongVUModel
     from .processing.processing_longvu import LongVUProcessor
     from .processing.video_processing_longvu import LongVUVideoProcessor

@@ -14,7 +14,7 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from ..configuration_longvu import LongVUConfig
+from .configuration_longvu import LongVUConfig
 
 
 def eager_attention_forward(

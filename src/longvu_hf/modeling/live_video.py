@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from ..configuration_longvu import CompressionSettings
+from .configuration_longvu import CompressionSettings
 from . import compression as C
 from .video_features import EncodedVideo, LongVUVideoFeatures, model_fingerprint
 

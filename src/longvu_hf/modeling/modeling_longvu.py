@@ -23,7 +23,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 
-from ..configuration_longvu import CompressionSettings, LongVUConfig
+from .configuration_longvu import CompressionSettings, LongVUConfig
 from ..transformers_compat import (
     CACHE_NAME,
     MultimodalBaseModelOutputWithPast,
