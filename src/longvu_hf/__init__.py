@@ -14,6 +14,8 @@ from transformers import (  # noqa: E402
     AutoVideoProcessor,
 )
 
+from transformers.utils import is_torchvision_available  # noqa: E402
+
 from .configuration_longvu import CompressionSettings, LongVUConfig  # noqa: E402
 from .media_inputs import InputPolicy, InputRefused, MediaSource, resolve_media  # noqa: E402
 from .modeling import LongVUForConditionalGeneration, LongVUModel, LongVUPreTrainedModel, LongVUVideoFeatures
@@ -23,7 +25,8 @@ AutoConfig.register("longvu", LongVUConfig, exist_ok=True)
 AutoModel.register(LongVUConfig, LongVUModel, exist_ok=True)
 AutoModelForImageTextToText.register(LongVUConfig, LongVUForConditionalGeneration, exist_ok=True)
 AutoModelForMultimodalLM.register(LongVUConfig, LongVUForConditionalGeneration, exist_ok=True)
-AutoVideoProcessor.register(LongVUConfig, LongVUVideoProcessor, exist_ok=True)
+if is_torchvision_available():  # transformers' video processors need it; vLLM's CPU build has no torchvision
+    AutoVideoProcessor.register(LongVUConfig, LongVUVideoProcessor, exist_ok=True)
 AutoProcessor.register(LongVUConfig, LongVUProcessor, exist_ok=True)
 
 __version__ = "0.1.0"

