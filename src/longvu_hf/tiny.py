@@ -156,7 +156,10 @@ def tiny_model(tokenizer=None, seed: int = 0, **config_overrides):
     config_overrides.setdefault("eos_token_id", tokenizer.eos_token_id)
     config_overrides.setdefault("bos_token_id", tokenizer.bos_token_id)
     torch.manual_seed(seed)
-    return LongVUForConditionalGeneration(tiny_config(**config_overrides)).eval()
+    model = LongVUForConditionalGeneration(tiny_config(**config_overrides)).eval()
+    # A marker saved with the config: front ends (the web page) say plainly that this model's answers are noise.
+    model.config.random_weights = True
+    return model
 
 
 def save_tiny_model(folder: str | os.PathLike, max_context_length: int = 1024, seed: int = 0) -> Path:

@@ -4,15 +4,23 @@
     longvu demo --web --model LongVU_Qwen2_7B-hf        # a converted folder or a Hub id
     python space/app.py                                 # the Hub Space layout (the same code, see README)
 
-The page takes an upload or a path/URL, a question and three options (fps, frame cap, token budget), streams the answer
-token by token and shows the compression report beside it (the picture of `longvu report` and its numbers). Several
-questions on the same video form a conversation: the decoded frames and the towers' work (DINOv2, SigLIP and the
-aggregator, `model.encode_videos`) are kept and reused; only the compression runs again for every question, because
-the question decides which frames keep full resolution (and the earlier turns, which are in the prompt, take tokens
-from the video's budget).
+The page takes an upload or an http(s) URL (paths on the server only with `allow_local_paths=True`), a question and
+three options (fps, frame cap, token budget), streams the answer token by token and shows the compression report
+beside it (the picture of `longvu report` and its numbers). Several questions on the same video form a conversation:
+the decoded frames and the towers' work (DINOv2, SigLIP and the aggregator, `model.encode_videos`) are kept and
+reused; only the compression runs again for every question, because the question decides which frames keep full
+resolution (and the earlier turns, which are in the prompt, take tokens from the video's budget).
 
-Bad input (no video, an unreadable or audio-only file, an empty question, a video over the page's length limit, a
-conversation that no longer fits the context) is answered with a message in the page; the server keeps running.
+Anyone who reaches the page is a stranger (README, "Running the page in public"). Every input goes through
+`longvu_hf.media_inputs` under the page's `InputPolicy` (public addresses only, no server paths unless asked for,
+size caps, container allow-lists), and `check_decode_bounds` bounds the frames before any decoding; one deadline
+bounds the whole request. Downloads live in a private working folder that Gradio never serves and are deleted after
+the request; uploads are deleted when refused or no longer in use; everything of the page's is deleted at exit (and
+folders left by a killed server at the next start). Messages name the user's input, never a path on the server.
+
+Bad input (no video, a refused URL or file, an unreadable or audio-only file, an empty question, options out of
+range, a video over the page's limits, a conversation that no longer fits the context) is answered with a message in
+the page; the server keeps running.
 
 `gradio` is an optional dependency (`pip install "longvu-hf[demo]"`); everything except `build_app`/`launch` works
 without it, so the request logic is testable on its own.
@@ -20,15 +28,19 @@ without it, so the request logic is testable on its own.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import ipaddress
 import math
+import os
 import queue
+import re
+import shutil
 import tempfile
 import threading
 import time
-import urllib.parse
-import urllib.request
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,15 +48,23 @@ from typing import Any
 from PIL import Image
 from transformers import TextIteratorStreamer
 
+from .media_inputs import InputPolicy, InputRefused, MediaSource, check_decode_bounds, resolve_media
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 DEFAULT_QUESTION = "What is happening in this video ?"
 DEFAULT_FPS = 1.0
 DEFAULT_MAX_NEW_TOKENS = 128
 DEMO_MAX_NEW_TOKENS = 12  # the tiny random model's answer is noise: a short one keeps the page quick
-MAX_DOWNLOAD_BYTES = 2 * 1024**3
+MAX_NEW_TOKENS_LIMIT = 1024  # the longest answer the page asks for
+DEFAULT_REQUEST_SECONDS = 600.0  # one deadline for a whole request: download, decoding, towers, answer
+DEFAULT_QUEUE_SIZE = 16  # requests waiting for the page's one worker; more are turned away by Gradio
+CACHE_SWEEP = (600, 3600)  # Gradio's `delete_cache`: every 10 min, its files older than an hour go
+KEPT_UPLOADS = 3  # uploads of the latest answered requests stay for follow-up questions; older ones are deleted
+EXAMPLE_NAME = "example-90s.mp4"  # what the text box says for the generated example clip (never its server path)
 PROGRESS_EVERY_S = 0.25  # at most this often a progress line is re-sent to the page
 ERROR_MARK = "\u26a0\ufe0f **Error:**"  # how every message about bad input starts in the page
+_STOP_GRACE_S = 30.0  # after the deadline, how long the page waits for the worker to notice before it gives up
 
 
 class DemoInputError(ValueError):
@@ -72,38 +92,61 @@ class AskOptions:
     """
 
     fps: float = DEFAULT_FPS
-    max_frames: int | None = None  # None: no cap (the reference's behaviour)
+    max_frames: int | None = None  # None: no cap of the user's (the page's policy still bounds the frames)
     max_visual_tokens: int | None = None  # None: whatever the context leaves after the prompt
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 
     @classmethod
-    def from_page(cls, fps: Any, max_frames: Any, max_visual_tokens: Any, max_new_tokens: Any) -> AskOptions:
-        """Validate the raw numbers of the page's fields; 0 or empty means "no cap" for the two caps."""
+    def from_page(
+        cls,
+        fps: Any,
+        max_frames: Any,
+        max_visual_tokens: Any,
+        max_new_tokens: Any,
+        *,
+        max_fps: float | None = None,
+        frame_limit: int | None = None,
+        visual_tokens_limit: int | None = None,
+        new_tokens_limit: int = MAX_NEW_TOKENS_LIMIT,
+    ) -> AskOptions:
+        """Validate the raw numbers of the page's fields; 0 or empty means "no cap" for the two caps. The limits
+        (the page's policy and the model's context) refuse larger values with a message naming the field."""
 
         def number(value: Any, name: str) -> float | None:
             if value is None or (isinstance(value, str) and not value.strip()):
                 return None
+            if isinstance(value, bool):
+                raise DemoInputError(f"{name}: {value!r} is not a number")
             try:
                 result = float(value)
-            except (TypeError, ValueError):
-                raise DemoInputError(f"{name}: {value!r} is not a number") from None
+            except (TypeError, ValueError, OverflowError):
+                raise DemoInputError(f"{name}: {str(value)[:40]!r} is not a number") from None
             if not math.isfinite(result):
                 raise DemoInputError(f"{name}: must be a finite number")
             return result
 
+        def whole(value: Any, name: str, lowest: int, limit: int | None, hint: str) -> int | None:
+            result = number(value, name)
+            if result is None:
+                return None
+            if result < lowest or result != int(result):
+                raise DemoInputError(f"{name}: must be a whole number{hint}")
+            if limit is not None and result > limit:
+                raise DemoInputError(f"{name}: at most {limit:,} here")
+            return int(result)
+
         fps_value = number(fps, "fps")
         if fps_value is None or fps_value <= 0:
             raise DemoInputError("fps: must be above 0 (1 samples one frame per second, as LongVU was trained)")
-        caps = []
-        for value, name in ((max_frames, "frame cap"), (max_visual_tokens, "token budget")):
-            cap = number(value, name)
-            if cap is not None and (cap < 0 or cap != int(cap)):
-                raise DemoInputError(f"{name}: must be a whole number, 0 for no cap")
-            caps.append(int(cap) if cap else None)
-        new_tokens = number(max_new_tokens, "answer length")
-        if new_tokens is None or new_tokens < 1 or new_tokens != int(new_tokens):
+        if max_fps is not None and fps_value > max_fps:
+            raise DemoInputError(f"fps: at most {max_fps:g} on this page (1 is what LongVU was trained with)")
+        frames = whole(max_frames, "frame cap", 0, frame_limit, ", 0 for no cap")
+        tokens = whole(max_visual_tokens, "token budget", 0, visual_tokens_limit, ", 0 for no cap")
+        new_tokens = whole(max_new_tokens, "answer length", 1, new_tokens_limit, " of tokens, at least 1")
+        if new_tokens is None:
             raise DemoInputError("answer length: must be a whole number of tokens, at least 1")
-        return cls(fps=fps_value, max_frames=caps[0], max_visual_tokens=caps[1], max_new_tokens=int(new_tokens))
+        return cls(fps=fps_value, max_frames=frames or None, max_visual_tokens=tokens or None,
+                   max_new_tokens=new_tokens)
 
 
 @dataclasses.dataclass
@@ -113,14 +156,14 @@ class DecodedVideo:
     Example:
 
     ```python
-    >>> decoded, from_cache = answerer.decode(Path("clip.mp4"), "clip.mp4", AskOptions(fps=1.0))
+    >>> decoded, from_cache = answerer.decode(request, AskOptions(fps=1.0))
     >>> decoded.num_frames, decoded.pixel_inputs["pixel_values_videos"].dtype
     (60, torch.uint8)
     ```
     """
 
-    key: tuple  # (file identity, fps, frame cap): another key means another decoding
-    label: str  # how the page names the video
+    key: tuple  # (where it came from, its identity, fps, frame cap): another key means another decoding
+    label: str  # how the page names the video (the user's input, never a server path)
     pixel_inputs: dict  # pixel_values_videos(_dino), video_num_frames, video_sizes: uint8, on the CPU
     frame_times: list[float] | None
     duration_s: float | None
@@ -162,7 +205,7 @@ class PageUpdate:
     Example:
 
     ```python
-    >>> for update in answerer.ask(None, "clip.mp4", "What happens?", Conversation(), AskOptions()):
+    >>> for update in answerer.ask(None, EXAMPLE_NAME, "What happens?", Conversation(), AskOptions()):
     ...     print(update.status, update.answer)  # progress, then the answer growing, then "Done: ..."
     >>> update.done, update.report["compression"]["path"]
     (True, 'mix')
@@ -181,9 +224,32 @@ class PageUpdate:
 
 
 @dataclasses.dataclass
+class VideoRequest:
+    """The video of one request, resolved and checked, before any frame is decoded.
+
+    `source` is None when the frames of this URL are already decoded (a follow-up question: nothing is fetched
+    again). `upload` is the user's upload when the page owns it (it lives in the page's upload folder).
+    """
+
+    key: tuple
+    label: str
+    kind: str  # "video" or "frames"
+    fps: float | None  # None for a folder of frames: every frame (a frame cap still applies)
+    max_frames: int | None
+    sampled: int  # the frames decoding will produce (checked against the policy)
+    duration: float | None
+    source: MediaSource | None = None
+    upload: Path | None = None
+
+
+@dataclasses.dataclass
 class _Progress:
     stage: str  # "decoding" | "DINOv2 (all frames)" | "SigLIP (kept frames)"
     count: int
+
+
+class _RequestTooLong(DemoInputError):
+    pass
 
 
 class _PageStreamer(TextIteratorStreamer):
@@ -211,18 +277,159 @@ def _format_duration(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
 
 
+def _is_url(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
+
+
+def has_random_weights(model) -> bool:
+    """Whether `model` is the tiny model with random weights (`longvu_hf.tiny` marks its config), whose answers are
+    noise: the page says so plainly."""
+    return bool(getattr(getattr(model, "config", None), "random_weights", False))
+
+
+def reachable_from_other_machines(host: str, share: bool) -> str | None:
+    """Why a page served on `host` (with `share`) can be reached from other machines, or None when only this machine
+    reaches it (a loopback address or "localhost")."""
+    if share:
+        return "--share (a public gradio.live link)"
+    name = (host or "").strip().strip("[]").lower()
+    if name == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        pass
+    return f"--host {host or '(all interfaces)'} (other machines can reach the page)"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The page's private folders
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: leave its folder alone
+    return True
+
+
+class PageFolders:
+    """The page's private working folders, one set per process, under `<temp>/longvu-web-<user id>/run-<pid>-*/`
+    (mode 0700): `downloads/` (fetched videos, Gradio never serves it), `gradio/` (Gradio's uploads and cache) and
+    `example/` (the generated example clip). `close()` deletes them all; so does the end of the process. Folders of
+    runs whose process is gone (a killed server) are deleted when the next one starts.
+
+    Example:
+
+    ```python
+    >>> folders = PageFolders()
+    >>> folders.downloads.is_dir(), folders.gradio.parent == folders.run
+    (True, True)
+    >>> folders.close()
+    ```
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = self._private_root(Path(root) if root is not None else None)
+        self._remove_stale_runs()
+        self.run = Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=self.root))
+        self.downloads = self.run / "downloads"
+        self.gradio = self.run / "gradio"
+        self.example = self.run / "example"
+        for folder in (self.downloads, self.gradio, self.example):
+            folder.mkdir(mode=0o700)
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.run), True)  # also at interpreter exit
+
+    @staticmethod
+    def _private_root(root: Path | None) -> Path:
+        """`<temp>/longvu-web-<uid>`, ours and private; a fresh folder if that name is taken by someone else (a
+        shared /tmp must not let another user plant a folder or link there)."""
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        root = root or Path(tempfile.gettempdir()) / f"longvu-web-{uid}"
+        try:
+            root.mkdir(mode=0o700, exist_ok=True)
+            info = root.lstat()
+            if root.is_symlink() or not root.is_dir() or (hasattr(os, "getuid") and info.st_uid != uid):
+                raise PermissionError(root)
+            os.chmod(root, 0o700)
+        except OSError:
+            root = Path(tempfile.mkdtemp(prefix=f"longvu-web-{uid}-"))
+        return root
+
+    def _remove_stale_runs(self) -> None:
+        for entry in self.root.glob("run-*-*"):
+            match = re.fullmatch(r"run-(\d+)-.+", entry.name)
+            if match and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(match.group(1))):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def holds(self, path: str | os.PathLike) -> bool:
+        """Whether `path` lies inside this run's folders."""
+        try:
+            Path(path).resolve().relative_to(self.run.resolve())
+        except ValueError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Delete every folder of this run (idempotent)."""
+        self._finalizer()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+
+# Absolute paths in a message: a slash not preceded by a word character, a colon, a dot or another slash (so URLs
+# and relative paths stay), then at least one more path part.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:./])(?:~|/)[^\s'\"`,;()\[\]]*/[^\s'\"`,;()\[\]]*")
+
+
+def public_message(text: str, known: dict[str, str] | None = None, keep: tuple[str, ...] = ()) -> str:
+    """`text` with every server path replaced: the paths in `known` by what the user called them, any other
+    absolute path by "(a file on the server)". Paths the user typed (`keep`) stay as they are."""
+    known = dict(known or {})
+    for path, label in sorted(known.items(), key=lambda item: -len(item[0])):
+        if path:
+            text = text.replace(path, label)
+
+    def hide(match: re.Match) -> str:
+        found = match.group(0).rstrip(".:")
+        rest = match.group(0)[len(found):]
+        if any(found == kept or found.startswith(kept.rstrip("/") + "/") for kept in keep if kept.startswith(("/", "~"))):
+            return match.group(0)
+        if found in known.values():
+            return match.group(0)
+        return "(a file on the server)" + rest
+
+    return _ABSOLUTE_PATH.sub(hide, text)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The request logic
+# --------------------------------------------------------------------------------------------------------------------
+
+
 class VideoQuestionAnswerer:
-    """The request logic of the page, without Gradio: resolve the video, decode it (cached per conversation), encode,
-    compress and stream the answer, and build the compression report.
+    """The request logic of the page, without Gradio: resolve the video under the page's policy, bound its decoding,
+    decode it (cached per conversation), encode, compress and stream the answer, and build the compression report.
+
+    `policy` defaults to `InputPolicy.public_page()` (no server paths, small caps), or `InputPolicy.local_user()` with
+    `allow_local_paths=True`; `max_video_seconds` sets its length limit. `max_request_seconds` bounds one request.
 
     Example:
 
     ```python
     >>> answerer = load_answerer(None)  # the tiny random model, offline
     >>> conversation = Conversation()
-    >>> for update in answerer.ask(None, str(answerer.example_video), "What happens?", conversation, AskOptions()):
+    >>> for update in answerer.ask(None, EXAMPLE_NAME, "What happens?", conversation, AskOptions()):
     ...     print(update.status)
     >>> update.answer, update.report["compression"]["num_visual_tokens"]
+    >>> answerer.close()  # deletes the page's folders (also done at exit)
     ```
     """
 
@@ -232,112 +439,185 @@ class VideoQuestionAnswerer:
         processor,
         model_name: str,
         *,
-        random_weights: bool = False,
+        random_weights: bool | None = None,
+        policy: InputPolicy | None = None,
         max_video_seconds: float | None = None,
-        allow_local_paths: bool = True,
+        allow_local_paths: bool = False,
+        max_request_seconds: float | None = DEFAULT_REQUEST_SECONDS,
         example_video: Path | None = None,
+        folders: PageFolders | None = None,
     ):
         self.model = model
         self.processor = processor
         self.model_name = model_name
-        self.random_weights = random_weights
-        self.max_video_seconds = max_video_seconds
-        self.allow_local_paths = allow_local_paths
+        self.random_weights = has_random_weights(model) if random_weights is None else random_weights
+        if policy is None:
+            policy = InputPolicy.local_user() if allow_local_paths else InputPolicy.public_page()
+        if max_video_seconds is not None:
+            policy = dataclasses.replace(policy, max_seconds=float(max_video_seconds))
+        self.policy = policy
+        self.max_request_seconds = max_request_seconds
         self.example_video = example_video
-        # Downloads and the example clip; removed when the answerer goes (or at exit).
-        self._workdir = tempfile.TemporaryDirectory(prefix="longvu-web-")
-        self.workdir = Path(self._workdir.name)
+        self.folders = folders or PageFolders()
         # One model, one request at a time (Gradio's queue runs one too; the lock also covers direct callers).
         self._lock = threading.Lock()
         # Only the last decoded video is kept: one hour at 1 fps is about 3 GB of uint8 frames.
         self._decoded: DecodedVideo | None = None
-        self._downloads: dict[str, Path] = {}
+        self._kept_uploads: collections.OrderedDict[Path, None] = collections.OrderedDict()
+        self._uploads_lock = threading.Lock()  # the worker of a request may still end while the next one starts
+        # Set by `build_app`: uploads must come from Gradio's upload folder (direct callers may pass any file).
+        self.uploads_only_from: Path | None = None
+
+    @property
+    def allow_local_paths(self) -> bool:
+        return self.policy.allow_local_paths
+
+    @property
+    def max_video_seconds(self) -> float | None:
+        return self.policy.max_seconds
 
     @property
     def on_cpu(self) -> bool:
         return self.model.device.type == "cpu"
 
+    def close(self) -> None:
+        """Let the decoded frames go and delete the page's folders (downloads, uploads, Gradio's cache, example)."""
+        self._decoded = None
+        self.folders.close()
+
+    def option_limits(self) -> dict:
+        """The limits `AskOptions.from_page` applies on this page (from the policy and the model's context)."""
+        return {"max_fps": self.policy.max_fps, "frame_limit": self.policy.max_frames,
+                "visual_tokens_limit": int(self.model.config.max_context_length),
+                "new_tokens_limit": MAX_NEW_TOKENS_LIMIT}
+
     # -- the video ---------------------------------------------------------------------------------------------------
 
-    def resolve_video(self, uploaded: str | None, location: str | None) -> tuple[Path, str]:
-        """The local file (or folder of frames) to decode and how to name it; an upload wins over the text field."""
+    def resolve_video(self, uploaded: str | None, location: str | None, options: AskOptions) -> VideoRequest:
+        """The request's video, resolved under the page's policy (`media_inputs.resolve_media`) and its decoding
+        bounded (`check_decode_bounds`), before any frame is decoded; an upload wins over the text box. Raises
+        `DemoInputError` (or `InputRefused`) with a message that names the user's input only."""
         location = (location or "").strip()
+        upload = None
         if uploaded:
-            path = Path(uploaded)
-            return path, path.name
-        if not location:
-            raise DemoInputError("No video: upload one, or type a path or an http(s) URL into the box below it.")
-        if location.startswith(("http://", "https://")):
-            return self._download(location), location
-        path = Path(location).expanduser()
-        is_example = self.example_video is not None and path.resolve() == Path(self.example_video).resolve()
-        if not self.allow_local_paths and not is_example:
-            raise DemoInputError(
-                "This page reads uploads and http(s) URLs only (paths on the server are turned off): upload the video "
-                "or give its URL."
-            )
-        if not path.exists():
-            raise DemoInputError(f"No such file or folder on the server: {location}")
-        return path, location
-
-    def _download(self, url: str) -> Path:
-        if url in self._downloads and self._downloads[url].is_file():
-            return self._downloads[url]
-        name = Path(urllib.parse.urlparse(url).path).name or "video"
-        target = self.workdir / "downloads" / f"{len(self._downloads)}-{name}"
-        target.parent.mkdir(parents=True, exist_ok=True)
+            name = Path(uploaded).name
+            upload = Path(uploaded) if self.folders.holds(uploaded) else None
+            try:
+                source = resolve_media(uploaded, self.policy, upload=True, display_name=name,
+                                       work_dir=self.folders.downloads)
+            except FileNotFoundError:
+                raise DemoInputError(f"The upload {name!r} is no longer on the server (uploads are deleted when a "
+                                     "newer video replaces them, or after an hour): upload it again.") from None
+            except BaseException:
+                self._discard_upload(upload)
+                raise
+        elif not location:
+            raise DemoInputError("No video: upload one, or type an http(s) URL into the box below it.")
+        elif location == EXAMPLE_NAME and self.example_video is not None:
+            # The page's own clip, under the page's caps; the user never sees (or gives) its server path.
+            source = resolve_media(self.example_video, dataclasses.replace(self.policy, allow_local_paths=True),
+                                   display_name=EXAMPLE_NAME)
+        elif _is_url(location) and (cached := self._cached_url(location, options)) is not None:
+            return cached  # a follow-up on the same URL: its frames are decoded already, nothing is fetched
+        else:
+            try:
+                source = resolve_media(location, self.policy, display_name=location, work_dir=self.folders.downloads)
+            except FileNotFoundError:
+                raise DemoInputError(f"No such file or folder: {location}") from None
         try:
-            with urllib.request.urlopen(url, timeout=30) as response, open(target, "wb") as out:
-                copied = 0
-                while chunk := response.read(1 << 20):
-                    copied += len(chunk)
-                    if copied > MAX_DOWNLOAD_BYTES:
-                        raise DemoInputError(
-                            f"{url}: larger than {MAX_DOWNLOAD_BYTES // 1024**3} GB; download and trim it first"
-                        )
-                    out.write(chunk)
-        except DemoInputError:
-            target.unlink(missing_ok=True)
+            return self._bounded(source, options, upload)
+        except BaseException:
+            source.close()
+            self._discard_upload(upload)
             raise
-        except Exception as error:  # DNS, HTTP status, timeout, no network: all end the same way
-            target.unlink(missing_ok=True)
-            raise DemoInputError(f"Could not download {url} ({_first_line(error)})") from None
-        self._downloads[url] = target
-        return target
 
-    def inspect_video(self, path: Path, options: AskOptions) -> tuple[float | None, int]:
-        """Open the video without decoding it: its duration (checked against the page's limit) and how many frames
-        the processor will sample. Unreadable, audio-only and empty files end here with their reason."""
+    def _cached_url(self, url: str, options: AskOptions) -> VideoRequest | None:
+        key = ("url", url, options.fps, options.max_frames)
+        decoded = self._decoded
+        if decoded is None or decoded.key != key:
+            return None
+        return VideoRequest(key=key, label=decoded.label, kind="video", fps=options.fps, max_frames=options.max_frames,
+                            sampled=decoded.num_frames, duration=decoded.duration_s)
+
+    def _bounded(self, source: MediaSource, options: AskOptions, upload: Path | None) -> VideoRequest:
+        """The frames decoding will produce, refused over the policy's caps before anything is decoded."""
         from .processing.video_decoding import open_frame_source
 
-        video_processor = self.processor.video_processor
-        try:
-            source = open_frame_source(str(path), getattr(video_processor, "video_backend", None))
-            metadata = source.metadata
-            sampled = len(video_processor.sample_frames(metadata, fps=options.fps, max_frames=options.max_frames))
-        except (ValueError, OSError, RuntimeError, ImportError) as error:
+        # A folder of frames has no frame rate: every frame is used (the frame cap still applies).
+        fps = None if source.kind == "frames" else options.fps
+        limit = self.policy.max_seconds
+        if limit is not None and source.duration is not None and source.duration > limit:
             raise DemoInputError(
-                f"Cannot read this video: {_first_line(error)} Upload a video file (mp4, webm, mkv, mov, avi, gif)."
-            ) from None
-        duration = metadata.duration
-        if self.max_video_seconds is not None and duration is not None and duration > self.max_video_seconds:
-            raise DemoInputError(
-                f"This video is {_format_duration(duration)} long; this page accepts videos up to "
-                f"{_format_duration(self.max_video_seconds)}. Trim it, or run the demo on your own machine "
+                f"This video is {_format_duration(source.duration)} long; this page accepts videos up to "
+                f"{_format_duration(limit)}. Trim it, or run the demo on your own machine "
                 "(`longvu demo --web --model ...`) for longer videos."
             )
+        video_processor = self.processor.video_processor
+        try:
+            frames = open_frame_source(source, getattr(video_processor, "video_backend", None))
+            sampled = len(video_processor.sample_frames(frames.metadata, fps=fps, max_frames=options.max_frames))
+        except InputRefused:
+            raise
+        except (ValueError, OSError, RuntimeError, ImportError) as error:
+            raise DemoInputError(
+                f"Cannot read this video: {self._public(error, source)} Upload a video file (mp4, webm, mkv, mov, "
+                "avi, gif)."
+            ) from None
         if sampled == 0:
             raise DemoInputError("No frame would be sampled from this video: raise fps.")
-        return duration, sampled
+        check_decode_bounds(source, self.policy, fps=fps, num_frames=sampled)
+        if _is_url(source.display_name):
+            key: tuple = ("url", source.display_name, options.fps, options.max_frames)
+        else:
+            stat = source.path.stat()
+            key = ("file", str(source.path.resolve()), stat.st_mtime_ns, stat.st_size, fps, options.max_frames)
+        return VideoRequest(key=key, label=source.display_name, kind=source.kind, fps=fps,
+                            max_frames=options.max_frames, sampled=sampled, duration=source.duration, source=source,
+                            upload=upload)
+
+    def _public(self, error: BaseException | str, source: MediaSource | None = None, typed: str = "") -> str:
+        """The first line of `error` with server paths replaced by what the user called them (`typed`: what the
+        user typed into the text box, which may be shown back)."""
+        text = error if isinstance(error, str) else _first_line(error)
+        known = {str(self.folders.run): "(the page's folder)"}
+        keep = (typed.strip(),) if typed and typed.strip() else ()
+        if source is not None:
+            known[str(source.path)] = source.display_name
+            with contextlib.suppress(OSError):
+                known[str(source.path.resolve())] = source.display_name
+        return public_message(text, known, keep)
+
+    def _discard_upload(self, upload: Path | None) -> None:
+        """Delete an upload of the page's that is not in use (a refused one, or one replaced by newer videos)."""
+        with self._uploads_lock:
+            if upload is None or upload in self._kept_uploads or not self.folders.holds(upload):
+                return
+            upload.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                upload.parent.rmdir()  # Gradio keeps each upload in a folder of its own
+
+    def _keep_upload(self, upload: Path | None) -> None:
+        """The upload of an answered request stays for follow-up questions; the oldest beyond `KEPT_UPLOADS` go."""
+        if upload is None:
+            return
+        with self._uploads_lock:
+            self._kept_uploads[upload] = None
+            self._kept_uploads.move_to_end(upload)
+            dropped = []
+            while len(self._kept_uploads) > KEPT_UPLOADS:
+                dropped.append(self._kept_uploads.popitem(last=False)[0])
+        for oldest in dropped:
+            self._discard_upload(oldest)
 
     def decode(
-        self, path: Path, label: str, options: AskOptions, on_frames: Callable[[int], None] | None = None
+        self, request: VideoRequest, options: AskOptions, on_frames: Callable[[int], None] | None = None
     ) -> tuple[DecodedVideo, bool]:
-        """The sampled, resized frames of `path` and whether they came from the cache (same file and options)."""
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, options.fps, options.max_frames)
-        if self._decoded is not None and self._decoded.key == key:
+        """The sampled, resized frames of the request's video and whether they came from the cache (same video and
+        options)."""
+        if self._decoded is not None and self._decoded.key == request.key:
             return self._decoded, True
+        if request.source is None:  # the cached frames of this URL went since the request was planned
+            raise DemoInputError("The frames of this video are no longer in memory: ask again.")
         self._decoded = None  # let the previous video's frames go before decoding the next one
         video_processor = self.processor.video_processor
         started = time.perf_counter()
@@ -345,18 +625,20 @@ class VideoQuestionAnswerer:
         try:
             with progress:
                 out = video_processor(
-                    str(path), fps=options.fps, max_frames=options.max_frames, do_sample_frames=True,
+                    str(request.source.path), fps=request.fps, max_frames=request.max_frames, do_sample_frames=True,
                     return_metadata=True, return_tensors="pt",
                 )
+        except DemoInputError:
+            raise
         except (ValueError, OSError, RuntimeError) as error:
-            raise DemoInputError(f"Cannot read this video: {_first_line(error)}") from None
+            raise DemoInputError(f"Cannot read this video: {self._public(error, request.source)}") from None
         metadata = out.pop("video_metadata")[0]
         times = None
         with contextlib.suppress(Exception):  # frame folders without a frame rate have no times
             times = [float(t) for t in metadata.timestamps]
         self._decoded = DecodedVideo(
-            key=key, label=label, pixel_inputs=dict(out), frame_times=times, duration_s=metadata.duration,
-            decode_seconds=time.perf_counter() - started,
+            key=request.key, label=request.label, pixel_inputs=dict(out), frame_times=times,
+            duration_s=metadata.duration, decode_seconds=time.perf_counter() - started,
         )
         return self._decoded, False
 
@@ -404,48 +686,82 @@ class VideoQuestionAnswerer:
         options: AskOptions,
     ) -> Iterator[PageUpdate]:
         """Answer one question, yielding page updates: progress while decoding and encoding, then the answer piece by
-        piece, then the report. Bad input yields one update with `error=True` (nothing raised)."""
-        started = time.perf_counter()
+        piece, then the report. Bad input yields one update with `error=True` (nothing raised). The whole request
+        (download, decoding, towers, answer) ends by `max_request_seconds`."""
+        started = time.monotonic()
+        deadline = started + self.max_request_seconds if self.max_request_seconds else None
         question = (question or "").strip()
         try:
             if not question:
                 raise DemoInputError("Type a question first.")
-            path, label = self.resolve_video(uploaded, location)
-            duration, sampled = self.inspect_video(path, options)
-        except DemoInputError as error:
-            yield PageUpdate(status=f"{ERROR_MARK} {error}", conversation=conversation, error=True, done=True)
+            if uploaded and self.uploads_only_from is not None and not _inside(uploaded, self.uploads_only_from):
+                raise DemoInputError("Uploads come through the page's upload button only.")
+            request = self.resolve_video(uploaded, location, options)
+        except ValueError as error:  # DemoInputError, InputRefused, and unreadable files from `media_inputs`
+            typed = "" if uploaded else (location or "")
+            yield PageUpdate(status=f"{ERROR_MARK} {self._public(error, typed=typed)}", conversation=conversation,
+                             error=True, done=True)
             return
 
         events: queue.Queue = queue.Queue()
         worker = threading.Thread(
-            target=self._answer_in_background,
-            args=(path, label, question, conversation, options, events),
+            target=self._answer_in_background, args=(request, question, conversation, options, events, deadline),
             name="longvu-web-request", daemon=True,
         )
         worker.start()
-        yield from self._follow(events, worker, started, sampled, duration, question, conversation)
+        yield from self._follow(events, worker, started, deadline, request, question, conversation)
 
     def _answer_in_background(
-        self, path: Path, label: str, question: str, conversation: Conversation, options: AskOptions,
-        events: queue.Queue,
+        self, request: VideoRequest, question: str, conversation: Conversation, options: AskOptions,
+        events: queue.Queue, deadline: float | None,
     ) -> None:
-        """The worker thread: decode (or reuse), encode + compress + generate, report. Everything goes to `events`.
+        """The worker thread: `_answer` under the model's lock; everything goes to `events`.
 
-        The lock is taken here, not in the page loop: a request whose page was closed still finishes its `generate`
-        before the next one starts."""
-        with self._lock:
-            self._answer(path, label, question, conversation, options, events)
+        The lock is taken here, not in the page loop: a request whose page was closed still finishes (by its
+        deadline) before the next one starts. The download is deleted when the request ends; the upload stays while
+        it is in use."""
+        final = ("error", "The page is still finishing an earlier request; try again in a minute.")
+        try:
+            wait = max(deadline - time.monotonic(), 1.0) if deadline is not None else None
+            if self._lock.acquire(timeout=wait if wait is not None else -1):
+                try:
+                    final = self._answer(request, question, conversation, options, events, deadline)
+                finally:
+                    self._lock.release()
+        finally:
+            # Before the last event: when the page shows the result, the download is gone already.
+            if request.source is not None:
+                request.source.close()  # deletes a download (nothing for the user's own files)
+            if final[0] == "done":
+                self._keep_upload(request.upload)
+            else:
+                self._discard_upload(request.upload)
+            events.put(final)
 
     def _answer(
-        self, path: Path, label: str, question: str, conversation: Conversation, options: AskOptions,
-        events: queue.Queue,
-    ) -> None:
+        self, request: VideoRequest, question: str, conversation: Conversation, options: AskOptions,
+        events: queue.Queue, deadline: float | None,
+    ) -> tuple[str, Any]:
+        """Decode (or reuse), encode + compress + generate, report; progress goes to `events`, the last event
+        (`("done", ...)` or `("error", message)`) is returned."""
         import torch
 
         from .report import build_report, make_thumbnails, render_png
 
+        def check_time(*_: Any) -> None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise _RequestTooLong(
+                    f"This request took longer than this page's limit of {_format_duration(self.max_request_seconds)} "
+                    "and was stopped: try a shorter video or a lower fps."
+                )
+
+        def on_frames(count: int) -> None:
+            events.put(_Progress("decoding", count))
+            check_time()
+
         try:
-            decoded, reused = self.decode(path, label, options, lambda n: events.put(_Progress("decoding", n)))
+            decoded, reused = self.decode(request, options, on_frames)
+            check_time()
             same_video = conversation.video_key == decoded.key
             history = conversation if same_video else Conversation()
             text = self.text_inputs(history, question)
@@ -454,37 +770,49 @@ class VideoQuestionAnswerer:
             events.put(("encoding", (decoded, reused, same_video, history, budget)))
             streamer = _PageStreamer(self.processor.tokenizer, events)
             text = {name: tensor.to(self.model.device) for name, tensor in text.items()}
-            with torch.no_grad(), self._encoding_progress(events):
+            limits = {}
+            if deadline is not None:  # transformers' MaxTimeCriteria: the answer stops at the deadline
+                limits["max_time"] = max(deadline - time.monotonic(), 0.001)
+            with torch.no_grad(), self._encoding_progress(events, check_time):
                 if decoded.features is None:  # the towers, once per decoded video
                     # The frames stay on the CPU: the model moves them to its device chunk by chunk.
                     decoded.features = self.model.encode_videos(**decoded.pixel_inputs, compression_settings=settings)
+                if deadline is not None:
+                    check_time()
+                    limits["max_time"] = max(deadline - time.monotonic(), 0.001)
                 output = self.model.generate(
                     **text, video_features=decoded.features, max_new_tokens=options.max_new_tokens, do_sample=False,
-                    streamer=streamer, compression_settings=settings, return_dict_in_generate=True,
+                    streamer=streamer, compression_settings=settings, return_dict_in_generate=True, **limits,
                 )
+            cut = deadline is not None and time.monotonic() > deadline
             events.put(("answered", None))
             compression = output.compression[0]
             answer = "".join(streamer.pieces).strip()
             report = build_report(
-                compression, video=decoded.label, question=question, model_name=self.model_name, fps=options.fps,
+                compression, video=decoded.label, question=question, model_name=self.model_name, fps=request.fps,
                 frame_times=decoded.frame_times, answer=answer, random_weights=self.random_weights, budget=budget,
             )
             frames = decoded.pixel_inputs["pixel_values_videos"][: decoded.num_frames]
             size = tuple(int(v) for v in decoded.pixel_inputs["video_sizes"][0])
             picture = render_png(report, make_thumbnails(report, frames, size))
-            events.put(("done", (decoded, history, answer, report, picture)))
-        except DemoInputError as error:
-            events.put(("error", str(error)))
+            return "done", (decoded, history, answer, report, picture, cut)
+        except _RequestTooLong as error:
+            self._decoded = None  # a decoding cut short leaves nothing to reuse
+            return "error", str(error)
+        except (DemoInputError, InputRefused) as error:
+            return "error", self._public(error, request.source)
         except Exception as error:  # anything else: shown in the page too, and the server stays up
-            events.put(("error", f"{type(error).__name__}: {_first_line(error)}"))
+            return "error", f"{type(error).__name__}: {self._public(error, request.source)}"
 
     @contextlib.contextmanager
-    def _encoding_progress(self, events: queue.Queue) -> Iterator[None]:
-        """Progress events for the frames entering DINOv2 (all of them) and SigLIP (the kept ones), chunk by chunk."""
+    def _encoding_progress(self, events: queue.Queue, check_time: Callable[[], None]) -> Iterator[None]:
+        """Progress events for the frames entering DINOv2 (all of them) and SigLIP (the kept ones), chunk by chunk;
+        each chunk first checks the request's deadline."""
         base = self.model.model
 
         def counter(stage: str):
             def hook(module, args, kwargs):
+                check_time()
                 pixels = kwargs.get("pixel_values", args[0] if args else None)
                 if pixels is not None:
                     events.put(_Progress(stage, len(pixels)))
@@ -502,14 +830,15 @@ class VideoQuestionAnswerer:
                 handle.remove()
 
     def _follow(
-        self, events: queue.Queue, worker: threading.Thread, started: float, sampled: int, duration: float | None,
-        question: str, conversation: Conversation,
+        self, events: queue.Queue, worker: threading.Thread, started: float, deadline: float | None,
+        request: VideoRequest, question: str, conversation: Conversation,
     ) -> Iterator[PageUpdate]:
-        """Turn the worker's events into page updates until it is done (or failed)."""
+        """Turn the worker's events into page updates until it is done (or failed, or past the deadline)."""
         counts: dict[str, int] = {}
         answer, first_token_s, note, last_sent = "", None, "", 0.0
-        length = f" ({_format_duration(duration)})" if duration else ""
+        length = f" ({_format_duration(request.duration)})" if request.duration else ""
         slow = " On CPU, long videos take a while: progress is shown here." if self.on_cpu else ""
+        sampled = request.sampled
         while True:
             try:
                 event = events.get(timeout=1.0)
@@ -518,8 +847,13 @@ class VideoQuestionAnswerer:
                     yield PageUpdate(status=f"{ERROR_MARK} the request stopped without an answer; try again.",
                                      conversation=conversation, error=True, done=True)
                     return
+                if deadline is not None and time.monotonic() > deadline + _STOP_GRACE_S:
+                    # The worker stops at its next check; the page's slot is free for the next visitor now.
+                    yield PageUpdate(status=f"{ERROR_MARK} This request took longer than this page's limit and was "
+                                     "stopped.", answer=answer, conversation=conversation, error=True, done=True)
+                    return
                 continue
-            now = time.perf_counter()
+            now = time.monotonic()
             if isinstance(event, _Progress):
                 new_stage = event.stage not in counts  # a new stage is always shown, however quick
                 counts[event.stage] = counts.get(event.stage, 0) + event.count
@@ -539,7 +873,7 @@ class VideoQuestionAnswerer:
                                  answer=answer, conversation=conversation, seconds_to_first_token=first_token_s)
             elif kind == "encoding":
                 decoded, reused, same_video, history, budget = payload
-                note = _reencoding_note(decoded, reused, same_video, history, budget)
+                note = _reencoding_note(decoded, reused, same_video, history, budget, request.kind)
                 yield PageUpdate(status=f"Encoding and compressing {decoded.num_frames} frames{length}...{slow} "
                                  f"{note}", answer=answer, conversation=conversation)
             elif kind == "error":
@@ -547,26 +881,37 @@ class VideoQuestionAnswerer:
                                  error=True, done=True)
                 return
             elif kind == "done":
-                decoded, history, final_answer, report, picture = payload
+                decoded, history, final_answer, report, picture, cut = payload
                 updated = Conversation(video_key=decoded.key, turns=[*history.turns, (question, final_answer)])
                 total = now - started
                 timing = (f"first token after {first_token_s:.1f} s, " if first_token_s is not None else "")
+                stopped = " The answer was cut at this page's time limit." if cut else ""
                 yield PageUpdate(
-                    status=f"Done: {timing}{total:.1f} s in all. {note}", answer=final_answer, conversation=updated,
-                    report_image=picture, report_summary=_summary_markdown(report, decoded), report=report,
-                    done=True, seconds_to_first_token=first_token_s,
+                    status=f"Done: {timing}{total:.1f} s in all.{stopped} {note}", answer=final_answer,
+                    conversation=updated, report_image=picture, report_summary=_summary_markdown(report, decoded),
+                    report=report, done=True, seconds_to_first_token=first_token_s,
                 )
                 return
 
 
+def _inside(path: str | os.PathLike, folder: Path) -> bool:
+    try:
+        Path(path).resolve().relative_to(folder.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def _reencoding_note(decoded: DecodedVideo, reused: bool, same_video: bool, history: Conversation,
-                     budget: dict) -> str:
+                     budget: dict, kind: str = "video") -> str:
     """What this question re-uses and what runs again, for the status line."""
     frames = f"{decoded.num_frames} frames"
     if reused:
         decoding = f"decoded {frames} reused (same video and options)"
     else:
         decoding = f"{frames} decoded in {decoded.decode_seconds:.1f} s"
+    if kind == "frames":
+        decoding += " (a folder of frames: every frame, fps does not apply)"
     if same_video and history.turns:
         return (f"Question {len(history.turns) + 1} on {decoded.label}: {decoding}; the towers' output (DINOv2, SigLIP, "
                 f"aggregator) reused too; the compression ran again, because the question picks the full-resolution "
@@ -598,11 +943,14 @@ def load_answerer(
     *,
     device: str = "auto",
     max_video_seconds: float | None = None,
-    allow_local_paths: bool = True,
+    allow_local_paths: bool = False,
+    policy: InputPolicy | None = None,
+    max_request_seconds: float | None = DEFAULT_REQUEST_SECONDS,
     quiet: bool = True,
 ) -> VideoQuestionAnswerer:
     """A `VideoQuestionAnswerer` for a converted folder or Hub id, or (`model=None`) for the CLI's tiny random demo
-    model with its generated example clip (offline). Model errors raise the CLI's one-line `CLIError`."""
+    model with its generated example clip (offline). Model errors raise the CLI's one-line `CLIError`. A model with
+    random weights (the tiny model, also when saved and loaded from a folder) is detected from its config."""
     import torch
 
     from .cli import demo_model, demo_tokenizer, load_model_and_processor, resolve_model, write_demo_clip
@@ -615,19 +963,21 @@ def load_answerer(
         tokenizer = demo_tokenizer()
         network = demo_model(tokenizer).to(device)
         processor = LongVUProcessor(tokenizer, LongVUVideoProcessor())
-        name, random_weights = "tiny-random-longvu (random weights)", True
+        name = "tiny-random-longvu"
     else:
         folder = resolve_model(model, quiet)
         # bfloat16 on GPUs (float16 overflows on long videos); on the CPU the checkpoint's own dtype.
         dtype = torch.bfloat16 if device.startswith("cuda") else "auto"
         network, processor = load_model_and_processor(folder, model, device, dtype, quiet)
-        name, random_weights = model, False
+        name = model
+    random_weights = has_random_weights(network) or model is None
     answerer = VideoQuestionAnswerer(
-        network, processor, name, random_weights=random_weights, max_video_seconds=max_video_seconds,
-        allow_local_paths=allow_local_paths,
+        network, processor, f"{name} (random weights)" if random_weights else name, random_weights=random_weights,
+        policy=policy, max_video_seconds=max_video_seconds, allow_local_paths=allow_local_paths,
+        max_request_seconds=max_request_seconds,
     )
     with contextlib.suppress(ImportError):  # the example clip is written with PyAV (the [video] extra)
-        answerer.example_video = write_demo_clip(answerer.workdir / "example-90s.mp4")
+        answerer.example_video = write_demo_clip(answerer.folders.example / EXAMPLE_NAME)
     return answerer
 
 
@@ -644,28 +994,49 @@ def _import_gradio():
     return gradio
 
 
+def _size_text(num_bytes: int) -> str:
+    return f"{num_bytes / 1024**3:g} GB" if num_bytes >= 1024**3 else f"{num_bytes / 1024**2:g} MB"
+
+
 def _banner(answerer: VideoQuestionAnswerer) -> str:
     lines = [f"# LongVU: ask a video\nModel: `{answerer.model_name}` on {answerer.model.device.type.upper()}."]
     if answerer.random_weights:
-        lines.append("**This is the tiny model with RANDOM WEIGHTS:** it shows the mechanics (decoding, frame "
-                     "selection, resolution mixing, token compression); its answers are noise.")
+        lines.append("**This model has RANDOM WEIGHTS (the tiny test model): its answers are noise.** It shows the "
+                     "mechanics: decoding, frame selection, resolution mixing, token compression.")
     if answerer.on_cpu:
         lines.append("Running on CPU: every sampled frame goes through DINOv2, so long videos are slow (minutes "
                      "before the first word for a long video with a full-size model). Progress is shown under the "
                      "question.")
-    if answerer.max_video_seconds is not None:
-        lines.append(f"Videos up to {_format_duration(answerer.max_video_seconds)} are accepted here.")
+    policy, accepted = answerer.policy, []
+    accepted.append("uploads" + (f" up to {_size_text(policy.max_bytes)}" if policy.max_bytes else ""))
+    accepted.append("public http(s) URLs" if policy.allow_network else "")
+    accepted.append("paths on this machine" if policy.allow_local_paths else "")
+    limits = []
+    if policy.max_seconds is not None:
+        limits.append(f"up to {_format_duration(policy.max_seconds)} long")
+    if policy.max_fps is not None:
+        limits.append(f"at most {policy.max_fps:g} fps")
+    if policy.max_frames is not None:
+        limits.append(f"at most {policy.max_frames:,} frames")
+    text = "This page reads " + ", ".join(item for item in accepted if item)
+    lines.append(text + (f"; videos {', '.join(limits)}." if limits else "."))
     return "\n\n".join(lines)
 
 
 def build_app(answerer: VideoQuestionAnswerer):
-    """The Gradio page (a `gradio.Blocks`) around `answerer`; `launch` serves it."""
+    """The Gradio page (a `gradio.Blocks`) around `answerer`; `launch` serves it.
+
+    Gradio keeps uploads and its cache in the answerer's private folder (`GRADIO_TEMP_DIR` is set to it for this
+    process), swept every 10 minutes (files older than an hour) and deleted with the answerer."""
     gr = _import_gradio()
+    os.environ["GRADIO_TEMP_DIR"] = str(answerer.folders.gradio)
+    answerer.uploads_only_from = answerer.folders.gradio
+    limits = answerer.option_limits()
 
     def on_ask(uploaded, location, question, conversation, fps, max_frames, max_visual_tokens, max_new_tokens):
         conversation = conversation or Conversation()
         try:
-            options = AskOptions.from_page(fps, max_frames, max_visual_tokens, max_new_tokens)
+            options = AskOptions.from_page(fps, max_frames, max_visual_tokens, max_new_tokens, **limits)
         except DemoInputError as error:
             yield conversation.chat_messages(), f"{ERROR_MARK} {error}", conversation, *[gr.update()] * 3
             return
@@ -688,7 +1059,8 @@ def build_app(answerer: VideoQuestionAnswerer):
         return [], "Conversation cleared: the next question starts a new one (the decoded frames stay cached).", \
             Conversation()
 
-    with gr.Blocks(title="LongVU: ask a video") as page:
+    policy = answerer.policy
+    with gr.Blocks(title="LongVU: ask a video", delete_cache=CACHE_SWEEP) as page:
         gr.Markdown(_banner(answerer), elem_id="banner")
         conversation_state = gr.State(Conversation())
         with gr.Row():
@@ -698,22 +1070,26 @@ def build_app(answerer: VideoQuestionAnswerer):
                 uploaded = gr.File(label="Video (an upload is used instead of the box below)", type="filepath",
                                    elem_id="video-upload")
                 location = gr.Textbox(
-                    label="...or a path on the server or an http(s) URL" if answerer.allow_local_paths
-                    else "...or an http(s) URL",
-                    value=str(answerer.example_video) if answerer.example_video else "",
+                    label=("...or an http(s) URL, a path on this machine (file or folder of frames)"
+                           if policy.allow_local_paths else "...or a public http(s) URL")
+                    + (f", or {EXAMPLE_NAME} (the example clip)" if answerer.example_video else ""),
+                    value=EXAMPLE_NAME if answerer.example_video else "",
                     elem_id="video-location",
                 )
                 with gr.Accordion("Options", open=True):
                     with gr.Row():
-                        fps = gr.Number(label="fps (frames sampled per second)", value=DEFAULT_FPS, minimum=0,
-                                        elem_id="option-fps")
+                        fps = gr.Number(label="fps (frames sampled per second)"
+                                        + (f", at most {policy.max_fps:g}" if policy.max_fps else ""),
+                                        value=DEFAULT_FPS, minimum=0, maximum=policy.max_fps, elem_id="option-fps")
                         max_frames = gr.Number(label="frame cap (0: none)", value=0, precision=0, minimum=0,
-                                               elem_id="option-max-frames")
+                                               maximum=policy.max_frames, elem_id="option-max-frames")
                     with gr.Row():
                         max_visual_tokens = gr.Number(label="token budget for the video (0: what the context leaves)",
-                                                      value=0, precision=0, minimum=0, elem_id="option-budget")
+                                                      value=0, precision=0, minimum=0,
+                                                      maximum=limits["visual_tokens_limit"], elem_id="option-budget")
                         max_new_tokens = gr.Number(
-                            label="answer length (tokens)", precision=0, minimum=1, elem_id="option-new-tokens",
+                            label="answer length (tokens)", precision=0, minimum=1, maximum=MAX_NEW_TOKENS_LIMIT,
+                            elem_id="option-new-tokens",
                             value=DEMO_MAX_NEW_TOKENS if answerer.random_weights else DEFAULT_MAX_NEW_TOKENS,
                         )
             with gr.Column(scale=1):
@@ -722,7 +1098,7 @@ def build_app(answerer: VideoQuestionAnswerer):
                 with gr.Row():
                     ask_button = gr.Button("Ask", variant="primary", elem_id="ask")
                     clear_button = gr.Button("Clear conversation", elem_id="clear")
-                status = gr.Markdown("Upload a video (or use the path), type a question, press Ask.",
+                status = gr.Markdown("Upload a video (or use the example), type a question, press Ask.",
                                      elem_id="status")
         with gr.Row():
             with gr.Column(scale=2):
@@ -749,28 +1125,48 @@ def launch(
     port: int = DEFAULT_PORT,
     share: bool = False,
     max_video_seconds: float | None = None,
-    allow_local_paths: bool = True,
+    allow_local_paths: bool = False,
+    allow_local_paths_on_network: bool = False,
+    policy: InputPolicy | None = None,
+    max_request_seconds: float | None = DEFAULT_REQUEST_SECONDS,
+    max_queue_size: int = DEFAULT_QUEUE_SIZE,
     device: str = "auto",
     quiet: bool = False,
     block: bool = True,
 ):
-    """Load the model (`None`: the tiny random demo model, offline) and serve the page; returns the `gradio.Blocks`.
+    """Load the model (`None`: the tiny random demo model, offline) and serve the page; returns the `gradio.Blocks`
+    (its `answerer` attribute holds the request logic).
 
-    `max_video_seconds` refuses longer videos with a message in the page (for a shared Space); `allow_local_paths=False`
-    makes the text field accept http(s) URLs only (a public page must not read the server's files). With
-    `block=False` the server runs in a background thread (tests); `page.close()` stops it.
+    The page reads uploads and public http(s) URLs under `InputPolicy.public_page()` (or `policy`);
+    `allow_local_paths=True` adds paths on this machine (files and folders of frames, `InputPolicy.local_user()`),
+    which is refused (`ValueError`) when other machines can reach the page (a non-loopback `host`, `share`) unless
+    `allow_local_paths_on_network=True`. `max_video_seconds` refuses longer videos with a message in the page;
+    `max_request_seconds` bounds one request (download, decoding, towers and answer); `max_queue_size` requests wait
+    for the page's one worker, more are turned away. Uploads are capped at the policy's `max_bytes`. With
+    `block=False` the server runs in a background thread (tests); `page.close()` stops it and
+    `page.answerer.close()` deletes the page's folders (both happen at exit too).
     """
+    exposure = reachable_from_other_machines(host, share)
+    if (allow_local_paths or (policy is not None and policy.allow_local_paths)) and exposure \
+            and not allow_local_paths_on_network:
+        raise ValueError(
+            f"allow_local_paths with {exposure}: anyone who reaches the page could read this machine's files; serve "
+            "on 127.0.0.1, or pass allow_local_paths_on_network=True if that is really what you want"
+        )
     _import_gradio()  # fail before loading a model
     answerer = load_answerer(model, device=device, max_video_seconds=max_video_seconds,
-                             allow_local_paths=allow_local_paths, quiet=quiet)
+                             allow_local_paths=allow_local_paths, policy=policy,
+                             max_request_seconds=max_request_seconds, quiet=quiet)
     page = build_app(answerer)
-    page.queue(default_concurrency_limit=1)
-    allowed = [str(answerer.example_video.parent)] if answerer.example_video else None
-    page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=quiet,
-                allowed_paths=allowed)
     page.answerer = answerer  # for tests and callers that want the loaded model
+    page.queue(default_concurrency_limit=1, max_size=max_queue_size)
+    # Nothing of the page's folders is served: the example clip is never shown (the text box names it), downloads
+    # are blocked outright, and only Gradio's own uploads and cache (in `folders.gradio`) are reachable.
+    page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=quiet,
+                allowed_paths=[], blocked_paths=[str(answerer.folders.downloads), str(answerer.folders.example)],
+                max_file_size=answerer.policy.max_bytes)
     return page
 
 
-__all__ = ["AskOptions", "Conversation", "DemoInputError", "VideoQuestionAnswerer", "build_app", "launch",
-           "load_answerer"]
+__all__ = ["AskOptions", "Conversation", "DemoInputError", "PageFolders", "VideoQuestionAnswerer", "build_app",
+           "has_random_weights", "launch", "load_answerer", "public_message", "reachable_from_other_machines"]

@@ -159,8 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--share", action="store_true", help="with --web: also a temporary public gradio.live link")
     web.add_argument("--max-video-seconds", type=_positive_float, default=None,
                      help="with --web: refuse longer videos with a message in the page (default: no limit)")
-    web.add_argument("--no-local-paths", dest="allow_local_paths", action="store_false",
-                     help="with --web: accept uploads and http(s) URLs only, not paths on the server")
+    web.add_argument("--allow-local-paths", action="store_true",
+                     help="with --web: the text box also reads files and folders of frames on this machine (default: "
+                     "uploads and public http(s) URLs only); refused with a non-loopback --host or --share")
+    web.add_argument("--allow-local-paths-on-network", action="store_true",
+                     help="with --web --allow-local-paths: allow them with a non-loopback --host or --share too "
+                     "(anyone who reaches the page can then read this machine's files)")
     demo.set_defaults(handler=cmd_demo)
     return parser
 

@@ -44,14 +44,27 @@ def save_demo_model(args) -> int:
 
 def serve_web_demo(args) -> int:
     """`longvu demo --web`: the Gradio page of `longvu_hf.web_demo`, served until Ctrl-C."""
+    from ..web_demo import launch, reachable_from_other_machines
+
+    exposure = reachable_from_other_machines(args.host, args.share)
+    if args.allow_local_paths_on_network and not args.allow_local_paths:
+        raise CLIError("--allow-local-paths-on-network only makes sense with --allow-local-paths")
+    if args.allow_local_paths and exposure:
+        if not args.allow_local_paths_on_network:
+            raise CLIError(
+                f"--allow-local-paths with {exposure}: anyone who reaches the page could read this machine's files; "
+                "drop --allow-local-paths (uploads and URLs still work), or add --allow-local-paths-on-network if "
+                "that is really what you want"
+            )
+        print(f"longvu demo: WARNING: paths on this machine are readable by anyone who reaches the page ({exposure}; "
+              "--allow-local-paths-on-network)", file=sys.stderr)
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise CLIError("the web demo needs Gradio: pip install 'longvu-hf[demo]'") from None
-    from ..web_demo import launch
-
     launch(args.model, host=args.host, port=args.port, share=args.share, max_video_seconds=args.max_video_seconds,
-           allow_local_paths=args.allow_local_paths, device=pick_device(args.device), quiet=args.quiet)
+           allow_local_paths=args.allow_local_paths, allow_local_paths_on_network=args.allow_local_paths_on_network,
+           device=pick_device(args.device), quiet=args.quiet)
     return EXIT_OK
 
 
