@@ -10,7 +10,9 @@ The sdist lacks four files its mixins import: `generation/test_utils.py` (`Gener
 `exporters/test_export.py` (`ExportTesterMixin`), `utils/test_configuration_utils.py` (`config_common_kwargs`) and the
 repository's `utils/fetch_hub_objects_for_ci.py`. Point `TRANSFORMERS_REPO_DIR` at a transformers checkout (a fork's
 snapshot will do) to run the real `GenerationTesterMixin`; its `tests.*` imports are pointed at this package. Without
-it, `GENERATION_MIXIN_AVAILABLE` is False and the generation tests are reported as not run. The other three are always
+it, `GENERATION_MIXIN_AVAILABLE` is False and the generation tests are reported as not run. A snapshot may be older or
+newer than the installed release: what its tests read that the release removed is rewritten in one place,
+`SNAPSHOT_SKEW`, each entry with its reason. The other three are always
 stand-ins: the export mixin is empty (LongVU cannot be exported: `_can_compile_fullgraph = False`),
 `config_common_kwargs` is built from the installed `PreTrainedConfig()`'s own attributes (a checkout's copy belongs to
 its own release), and URLs are left as they are (the tests run offline).
@@ -69,6 +71,29 @@ STAND_INS = {
 }
 
 
+# Skew between a repository snapshot's generation tests and the installed release, handled here and nowhere else.
+# Each entry: (what the snapshot's test code reads, what it reads instead, the installed release's attribute whose
+# absence makes the rewrite necessary, the reason). A rewrite applies only when that attribute is gone, so a snapshot
+# of the installed release's own era runs unchanged.
+SNAPSHOT_SKEW = [
+    (
+        "model_class._is_stateful",
+        "getattr(model_class, '_is_stateful', False)",
+        (transformers.PreTrainedModel, "_is_stateful"),
+        "transformers 5.25 removed `PreTrainedModel._is_stateful`; a model class without it is not stateful, which is "
+        "what the snapshot's tests branch on (LongVU keeps a standard KV cache).",
+    ),
+]
+
+
+def _reconcile_with_installed_release(source: str) -> str:
+    """Rewrite what a snapshot's test code reads from transformers but the installed release no longer has."""
+    for old, new, (owner, attribute), _reason in SNAPSHOT_SKEW:
+        if not hasattr(owner, attribute):
+            source = source.replace(old, new)
+    return source
+
+
 def _release_dir() -> Path:
     return CACHE_ROOT / transformers.__version__
 
@@ -111,6 +136,7 @@ def prepare() -> Path:
             marker = "\nGENERATION_MIXIN_AVAILABLE = True\n" if relative.startswith("generation/") else ""
             # The repository's test files import each other as `tests.*`; here that package is PACKAGE.
             source = re.sub(r"^from tests\.", f"from {PACKAGE}.", real.read_text(), flags=re.MULTILINE)
+            source = _reconcile_with_installed_release(source)
             path.write_text(source + marker)
         else:
             path.write_text(stand_in)
