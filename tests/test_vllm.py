@@ -33,6 +33,7 @@ from tiny_model import random_video_inputs  # noqa: E402
 NEW_TOKENS = 6
 # (frames, duplicate runs, max_context_length): one video per compression path (asserted in the tests).
 VIDEOS = {"none": (3, 1, 1024), "mix": (12, 1, 1024), "stc": (40, 2, 500)}
+SUPPRESSED_WORD = "w3"  # the tiny checkpoint's generation_config suppresses it (as converted ones suppress ids)
 QUESTIONS = ["What is happening in this video ?", "Describe the main events", "What color is the square ?"]
 
 
@@ -52,7 +53,9 @@ def save_tiny_vllm_model(folder, backbone: str = "qwen2"):
         text_model_type=backbone, text_config=text_config, max_context_length=1024,
     )
     torch.manual_seed(0)
-    LongVUForConditionalGeneration(config).save_pretrained(folder)
+    model = LongVUForConditionalGeneration(config)
+    model.generation_config.suppress_tokens = [tokenizer.convert_tokens_to_ids(SUPPRESSED_WORD)]
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -103,16 +106,31 @@ def videos():
 
 
 def greedy(reference, ids, features, settings, new_tokens=NEW_TOKENS):
-    """`generate`'s greedy answer (exactly `new_tokens` tokens, as vLLM's min_tokens) and compression report."""
+    """`generate`'s greedy answer (exactly `new_tokens` tokens, as vLLM's min_tokens), the log-probability of each
+    answer token (from the raw logits, as vLLM's logprobs) and the compression report."""
     output = reference.generate(
         input_ids=torch.tensor([ids]), video_features=features, max_new_tokens=new_tokens,
         min_new_tokens=new_tokens, do_sample=False, compression_settings=settings, return_dict_in_generate=True,
+        output_logits=True,
     )
-    return output.sequences[0, len(ids):].tolist(), dict(output.compression[0])
+    tokens = output.sequences[0, len(ids):].tolist()
+    logprobs = [float(torch.log_softmax(step[0].float(), -1)[token]) for step, token in zip(output.logits, tokens)]
+    return tokens, logprobs, dict(output.compression[0])
 
 
 def params(new_tokens=NEW_TOKENS):
-    return SamplingParams(temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens)
+    return SamplingParams(temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens, logprobs=0)
+
+
+def assert_equal_answers(answer, reference, features, settings):
+    """Same tokens, same compression, and log-probabilities within float32 noise: the random tiny towers give
+    video tokens so alike that the tokens alone would miss a misplaced video token; the log-probabilities do not."""
+    tokens, logprobs, report = greedy(reference, answer.prompt_token_ids, features, settings,
+                                      new_tokens=len(answer.token_ids))
+    assert answer.compression == report
+    assert answer.token_ids == tokens, (answer.compression["path"], answer.token_ids, tokens)
+    served = [step[token].logprob for step, token in zip(answer.logprobs, answer.token_ids)]
+    assert served == pytest.approx(logprobs, abs=2e-5), answer.compression["path"]
 
 
 def test_a_batch_of_videos_on_every_path_equals_generate(engine, reference, videos):
@@ -126,11 +144,8 @@ def test_a_batch_of_videos_on_every_path_equals_generate(engine, reference, vide
     counts = [a.compression["num_visual_tokens"] for a in answers]
     assert len(set(counts)) == 3, counts
     for request, answer in zip(requests, answers):
-        features = reference.encode_videos(**request.video)
-        tokens, report = greedy(reference, answer.prompt_token_ids, features, request.compression_settings)
-        assert answer.compression == report
-        assert answer.token_ids == tokens, (answer.compression["path"], answer.token_ids, tokens)
-        assert len(tokens) == NEW_TOKENS
+        assert len(answer.token_ids) == NEW_TOKENS
+        assert_equal_answers(answer, reference, reference.encode_videos(**request.video), request.compression_settings)
 
 
 def test_follow_up_questions_on_one_encoded_video(engine, reference, videos, monkeypatch):
@@ -148,8 +163,7 @@ def test_follow_up_questions_on_one_encoded_video(engine, reference, videos, mon
     assert third.prompt_token_ids[: len(first.prompt_token_ids)] == first.prompt_token_ids
     features = reference.encode_videos(**video)
     for answer in (first, second, third):
-        tokens, report = greedy(reference, answer.prompt_token_ids, features, None)
-        assert answer.token_ids == tokens and answer.compression == report
+        assert_equal_answers(answer, reference, features, None)
 
 
 def test_requests_joining_a_running_batch_equal_generate(engine, reference, videos):
@@ -169,11 +183,19 @@ def test_requests_joining_a_running_batch_equal_generate(engine, reference, vide
             order.append(answer.request_id)
     assert set(order[:2]) == set(late)  # the late, shorter requests finished while the early ones still decoded
     for request_id, path in zip(early + late, ["none", "mix", "stc", "none"]):
-        answer = finished[request_id]
         settings = {"max_context_length": VIDEOS[path][2]}
-        tokens, report = greedy(reference, answer.prompt_token_ids, reference.encode_videos(**videos[path]),
-                                settings, new_tokens=len(answer.token_ids))
-        assert answer.token_ids == tokens and answer.compression == report
+        assert_equal_answers(finished[request_id], reference, reference.encode_videos(**videos[path]), settings)
+
+
+def test_sampling_never_emits_what_generate_suppresses(engine):
+    asked = SamplingParams(temperature=0.7, max_tokens=3, logit_bias={20: 1.5})
+    served = engine._sampling_params(asked)
+    suppressed = [engine.config.video_token_id, engine.config.image_token_id,
+                  engine.tokenizer.convert_tokens_to_ids(SUPPRESSED_WORD)]
+    assert all(served.logit_bias[token] == float("-inf") for token in suppressed)
+    assert served.logit_bias[20] == 1.5 and served.temperature == 0.7
+    assert asked.logit_bias == {20: 1.5}  # the caller's parameters are left as they were
+    assert engine._sampling_params(None).temperature == 0.0  # default: greedy
 
 
 def test_mismatched_placeholders_and_wrong_widths_are_refused(engine, videos):
@@ -206,7 +228,6 @@ def test_llama_backbone_equals_generate(tmp_path, videos):
         assert reference.config.text_config.tie_word_embeddings
         answers = llama.generate([(videos["mix"], QUESTIONS[0]), (videos["none"], QUESTIONS[1])], params())
         for answer, path in zip(answers, ["mix", "none"]):
-            tokens, report = greedy(reference, answer.prompt_token_ids, reference.encode_videos(**videos[path]), None)
-            assert answer.token_ids == tokens and answer.compression == report
+            assert_equal_answers(answer, reference, reference.encode_videos(**videos[path]), None)
     finally:
         stop_engine(llama)

@@ -64,7 +64,7 @@ class LongVURequest:
 @dataclass
 class LongVUAnswer:
     """vLLM's answer to one request and what the compression did for it (`compression`: the report `generate`
-    returns, see `CompressionReports`)."""
+    returns, see `CompressionReports`). `logprobs`: vLLM's, when `SamplingParams(logprobs=...)` asked for them."""
 
     request_id: str
     text: str
@@ -72,6 +72,7 @@ class LongVUAnswer:
     finish_reason: str | None
     compression: dict
     prompt_token_ids: list[int] = field(repr=False)
+    logprobs: list | None = field(default=None, repr=False)
 
 
 def _as_request(item) -> LongVURequest:
@@ -365,7 +366,7 @@ class LongVUEngine:
         return LongVUAnswer(
             request_id=request_id, text=completion.text, token_ids=list(completion.token_ids),
             finish_reason=completion.finish_reason, compression=prepared["compression"],
-            prompt_token_ids=prepared["prompt"]["prompt_token_ids"],
+            prompt_token_ids=prepared["prompt"]["prompt_token_ids"], logprobs=completion.logprobs,
         )
 
     # -- decoding ----------------------------------------------------------------------------------------------------
