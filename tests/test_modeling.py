@@ -402,6 +402,39 @@ def test_video_features_without_a_prompt_get_the_whole_context(model):
     assert with_prompt.compression[0]["budget"] == config.max_context_length - config.context_margin - 2
 
 
+def test_stacked_videos_get_the_tower_outputs_stacked(model):
+    """Videos given stacked, (videos, frames, 3, H, W), get the SigLIP outputs stacked the same way (transformers'
+    mixins compare their first dimension with the pixels'), zero on the frames DINOv2 selection dropped; frames given
+    concatenated (the processor's layout) keep one row per encoded frame. The compressed features do not change."""
+    # One frame 16 times (selection keeps the middle one), and 16 different frames (selection keeps them all).
+    videos = [random_video_inputs(16, 48, 48, seed=1, duplicate_runs=16), random_video_inputs(16, 48, 48, seed=2)]
+    names = ("pixel_values_videos", "pixel_values_videos_dino")
+    sizes = torch.cat([v["video_sizes"] for v in videos])
+    stacked = {name: torch.stack([v[name] for v in videos]) for name in names}
+    concatenated = {name: torch.cat([v[name] for v in videos]) for name in names}
+    with torch.no_grad():
+        out_stacked = model.model.get_video_features(
+            **stacked, video_sizes=sizes, max_visual_tokens=16, output_hidden_states=True
+        )
+        out_flat = model.model.get_video_features(
+            **concatenated, video_num_frames=torch.tensor([16, 16]), video_sizes=sizes, max_visual_tokens=16
+        )
+    kept = [report["kept_frame_indices"] for report in out_flat.compression]
+    assert kept[0] == [8] and len(kept[1]) == 16  # selection ran on both, dropping frames of the first only
+    assert all(report["frame_selection_ran"] for report in out_flat.compression)
+    patches, width = out_flat.last_hidden_state.shape[1:]
+    assert out_flat.last_hidden_state.shape[0] == 17
+    assert out_stacked.last_hidden_state.shape == (2, 16, patches, width)
+    for video, (frames, encoded) in enumerate(zip(out_flat.last_hidden_state.split([1, 16]), kept)):
+        torch.testing.assert_close(out_stacked.last_hidden_state[video, encoded], frames)
+        dropped = [i for i in range(16) if i not in encoded]
+        assert not out_stacked.last_hidden_state[video, dropped].any()
+    assert all(layer.shape == (2, 16, patches, width) for layer in out_stacked.hidden_states)
+    torch.testing.assert_close(out_stacked.hidden_states[-1], out_stacked.last_hidden_state)
+    for tokens_stacked, tokens_flat in zip(out_stacked.pooler_output, out_flat.pooler_output, strict=True):
+        torch.testing.assert_close(tokens_stacked, tokens_flat)
+
+
 def test_text_only_forward_and_generate(model):
     ids = torch.tensor([[5, 6, 7]])
     out = model(input_ids=ids)

@@ -126,10 +126,8 @@ class LongVUModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase
     all_generative_model_classes = (LongVUForConditionalGeneration,)
     pipeline_model_mapping = {"image-text-to-text": LongVUForConditionalGeneration}
     _is_composite = True
-    # The image and video features hold the kept frames of every video in their first dimension (frames, not videos:
-    # DINOv2 selection drops a content-dependent number), as LLaVA-OneVision merges videos and frames there.
-    skip_test_image_features_output_shape = True
-    skip_test_video_features_output_shape = True
+    # The feature-shape tests run: the tower outputs of `get_video_features` follow the layout of the pixels (this
+    # tester stacks videos: one row per video), `pooler_output` holds one tensor per video or image.
 
     @classmethod
     def setUpClass(cls):

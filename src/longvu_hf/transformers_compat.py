@@ -49,12 +49,40 @@ except ImportError:  # older releases: the text outputs, plus the same encoder-o
 
     @dataclass
     class MultimodalBaseModelOutputWithPast(BaseModelOutputWithPast):
+        """
+        `BaseModelOutputWithPast` plus the encoders' outputs (as transformers' own class, which these releases lack).
+
+        Args:
+            image_outputs (`BaseModelOutputWithPooling`, *optional*):
+                Output of the image encoder; `None` if no images were processed.
+            video_outputs (`BaseModelOutputWithPooling`, *optional*):
+                Output of the video encoder; `None` if no videos were processed.
+            audio_outputs (`BaseModelOutputWithPooling`, *optional*):
+                Output of the audio encoder; `None` if no audio was processed.
+        """
+
         image_outputs: transformers.modeling_outputs.BaseModelOutputWithPooling | None = None
         video_outputs: transformers.modeling_outputs.BaseModelOutputWithPooling | None = None
         audio_outputs: transformers.modeling_outputs.BaseModelOutputWithPooling | None = None
 
     @dataclass
     class MultimodalCausalLMOutputWithPast(CausalLMOutputWithPast):
+        """
+        `CausalLMOutputWithPast` plus the encoders' outputs (as transformers' own class, which these releases lack).
+
+        Args:
+            loss (`torch.FloatTensor` of shape `(1,)`, *optional*, returned when `labels` is provided):
+                Language modeling loss (for next-token prediction).
+            logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, config.vocab_size)`):
+                Prediction scores of the language modeling head (scores for each vocabulary token before SoftMax).
+            image_outputs (`BaseModelOutputWithPooling`, *optional*):
+                Output of the image encoder; `None` if no images were processed.
+            video_outputs (`BaseModelOutputWithPooling`, *optional*):
+                Output of the video encoder; `None` if no videos were processed.
+            audio_outputs (`BaseModelOutputWithPooling`, *optional*):
+                Output of the audio encoder; `None` if no audio was processed.
+        """
+
         image_outputs: transformers.modeling_outputs.BaseModelOutputWithPooling | None = None
         video_outputs: transformers.modeling_outputs.BaseModelOutputWithPooling | None = None
         audio_outputs: transformers.modeling_outputs.BaseModelOutputWithPooling | None = None

@@ -1,3 +1,16 @@
+# Copyright 2026 The LongVU-HF Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """LongVU model: SigLIP + DINOv2 towers, Spatial Vision Aggregator, projector, compression, and a Qwen2/Llama LLM.
 
 The processor writes ONE placeholder token per video or image; the model encodes and compresses the visual input
@@ -21,6 +34,7 @@ from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
+from transformers.utils import auto_docstring
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_longvu import CompressionSettings, LongVUConfig
@@ -110,32 +124,58 @@ class CompressionReports(Sequence):
         return f"CompressionReports({list(self._reports)!r})"
 
 
+@auto_docstring(
+    custom_intro="""
+    Output of `get_video_features` / `get_image_features`: the SigLIP tower's outputs on the frames that were encoded,
+    and the compressed features of every video (or image).
+    """
+)
 @dataclass
 class LongVUVisualFeaturesOutput(BaseModelOutputWithPooling):
-    """
-    Output of `get_video_features` / `get_image_features`.
-
-    last_hidden_state (`torch.Tensor` of shape `(frames, patches, vision_hidden_size)`): the SigLIP tower's last layer
-        (before `post_layernorm`, what LongVU aggregates) on the frames that were encoded: the kept frames of every
-        video in order (or every image).
-    hidden_states, attentions: the SigLIP tower's, on the same frames, when `output_hidden_states` /
-        `output_attentions` is set.
-    pooler_output (`list[torch.Tensor]`): one `(num_tokens_i, hidden_size)` tensor per video (or image), compressed and
-        ready to replace that item's placeholder.
-    compression (`CompressionReports`): one report per item (its fields: see `CompressionReports`).
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(frames, patches, vision_hidden_size)`):
+        The SigLIP tower's last layer (before `post_layernorm`, what LongVU aggregates) on the frames that were
+        encoded, laid out like the pixels given: for frames concatenated (`(total_frames, 3, H, W)`, the processor's
+        layout) the kept frames of every video in order (or every image); for videos stacked (`(videos, frames, 3, H,
+        W)`) `(videos, frames, patches, vision_hidden_size)`, with zeros on the frames that DINOv2 frame selection
+        dropped (never encoded; `compression[i]["kept_frame_indices"]` lists the encoded ones).
+    pooler_output (`list[torch.FloatTensor]`):
+        One `(num_tokens_i, hidden_size)` tensor per video (or image), compressed and ready to replace that item's
+        placeholder.
+    hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+        The SigLIP tower's embeddings and the output of each of its layers, laid out like `last_hidden_state`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+        The SigLIP tower's attention weights of each layer, laid out like `last_hidden_state`.
+    compression (`CompressionReports`, *optional*):
+        One report per item (its fields: see `CompressionReports`).
     """
 
     compression: CompressionReports | None = None
 
 
+@auto_docstring(
+    custom_intro="""
+    Output of `LongVUModel.forward`: transformers' multimodal output plus LongVU's own fields; the hidden states cover
+    the expanded sequence.
+    """
+)
 @dataclass
 class LongVUModelOutputWithPast(MultimodalBaseModelOutputWithPast):
-    """
-    Base model output: transformers' multimodal output (`video_outputs`/`image_outputs` hold what
-    `get_video_features`/`get_image_features` returned) plus LongVU's own fields. When the placeholders were expanded,
-    `attention_mask` and `labels` are the expanded ones.
-
-    compression (`CompressionReports`): one report per video (its fields: see `CompressionReports`).
+    r"""
+    image_outputs (`LongVUVisualFeaturesOutput`, *optional*):
+        What `get_image_features` returned for this call's images; `None` without images.
+    video_outputs (`LongVUVisualFeaturesOutput`, *optional*):
+        What `get_video_features` returned for this call's videos; `None` without videos.
+    audio_outputs (`BaseModelOutputWithPooling`, *optional*):
+        Always `None`: LongVU takes no audio.
+    attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+        The attention mask of the sequence the language model saw: the expanded one when placeholders were expanded.
+    labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+        The labels for that sequence (-100 on the visual tokens).
+    compression (`CompressionReports`, *optional*):
+        One report per video (its fields: see `CompressionReports`).
+    image_compression (`CompressionReports`, *optional*):
+        One report per image.
     """
 
     attention_mask: torch.Tensor | None = None
@@ -144,13 +184,29 @@ class LongVUModelOutputWithPast(MultimodalBaseModelOutputWithPast):
     image_compression: CompressionReports | None = None
 
 
-@dataclass
-class LongVUCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
-    """
+@auto_docstring(
+    custom_intro="""
     Output of `LongVUForConditionalGeneration.forward`: transformers' multimodal causal-LM output plus LongVU's own
     fields; `logits` cover the expanded sequence.
-
-    compression (`CompressionReports`): one report per video (its fields: see `CompressionReports`).
+    """
+)
+@dataclass
+class LongVUCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+    r"""
+    image_outputs (`LongVUVisualFeaturesOutput`, *optional*):
+        What `get_image_features` returned for this call's images; `None` without images.
+    video_outputs (`LongVUVisualFeaturesOutput`, *optional*):
+        What `get_video_features` returned for this call's videos; `None` without videos.
+    audio_outputs (`BaseModelOutputWithPooling`, *optional*):
+        Always `None`: LongVU takes no audio.
+    attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+        The attention mask of the sequence the language model saw: the expanded one when placeholders were expanded.
+    labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+        The labels for that sequence (-100 on the visual tokens).
+    compression (`CompressionReports`, *optional*):
+        One report per video (its fields: see `CompressionReports`).
+    image_compression (`CompressionReports`, *optional*):
+        One report per image.
     """
 
     attention_mask: torch.Tensor | None = None
@@ -164,6 +220,9 @@ def reference_dino_position_interpolation(config: LongVUConfig, embeddings: nn.M
     bicubic with `scale_factor=(grid + 0.1) / sqrt(num_positions)` rather than `size=grid` (docs/reference.md §2.2)."""
     num_patches = patch_embeds.shape[1] - 1
     num_positions = embeddings.position_embeddings.shape[1] - 1
+    # CODEPATH: every released checkpoint (Vision-CAIR/LongVU_Qwen2_7B, LongVU_Llama3_2_3B, LongVU_Llama3_2_1B and
+    # their `_img` variants) keeps "reference", the interpolation its towers saw in training; "exact" (current
+    # transformers) is for models trained or fine-tuned with it.
     if config.dino_position_interpolation != "reference" or (num_patches == num_positions and height == width):
         return type(embeddings).interpolate_pos_encoding(embeddings, patch_embeds, height, width)
     class_pos_embed = embeddings.position_embeddings[:, :1]
@@ -209,6 +268,7 @@ class LongVUMultiModalProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(features)))
 
 
+@auto_docstring
 class LongVUPreTrainedModel(PreTrainedModel):
     config: LongVUConfig
     config_class = LongVUConfig
@@ -238,9 +298,10 @@ class LongVUPreTrainedModel(PreTrainedModel):
                 init.normal_(pos_embed, mean=0.0, std=1.0)
 
 
-class LongVUModel(LongVUPreTrainedModel):
-    """
-    LongVU without the LM head: towers, aggregator, projector, compression and the decoder.
+@auto_docstring(
+    custom_intro="""
+    LongVU without the LM head: the SigLIP and DINOv2 towers, the Spatial Vision Aggregator, the projector, LongVU's
+    spatiotemporal compression and the decoder.
 
     Example:
 
@@ -252,6 +313,8 @@ class LongVUModel(LongVUPreTrainedModel):
     >>> out.compression[0]["path"]
     ```
     """
+)
+class LongVUModel(LongVUPreTrainedModel):
 
     def __init__(self, config: LongVUConfig):
         super().__init__(config)
@@ -381,6 +444,8 @@ class LongVUModel(LongVUPreTrainedModel):
         """The reference unpacks sizes as (width, height); it passes (height, width) for videos (a quirk the released
         video checkpoints were trained with) and (width, height) for images."""
         height, width = size_hw
+        # CODEPATH: the released video checkpoints (Vision-CAIR/LongVU_Qwen2_7B, LongVU_Llama3_2_3B, LongVU_Llama3_2_1B)
+        # were trained with "reference"; "exact" (unpad on the right axis, as the paper intends) is for new training.
         if is_video and self.config.video_size_convention == "reference":
             return (height, width)
         return (width, height)
@@ -458,6 +523,8 @@ class LongVUModel(LongVUPreTrainedModel):
         if input_ids is None and inputs_embeds is None:
             return [{"text_len": 1, "num_visual": 1, "query": None} for _ in range(count)]
         video_mask, image_mask = self.placeholder_masks(input_ids, inputs_embeds)
+        # CODEPATH: not a checkpoint fork: every checkpoint takes both sides (the caller asks for the video or the
+        # image placeholders of the same prompt).
         wanted = video_mask if token_id == self.config.video_token_id else image_mask
         layout = []
         for row in range(wanted.shape[0]):
@@ -515,18 +582,47 @@ class LongVUModel(LongVUPreTrainedModel):
         return bool(hidden), bool(attentions)
 
     @staticmethod
-    def _join_tower_outputs(outputs: list[BaseModelOutput]) -> dict:
-        """Concatenate the per-video tower outputs along the frame dimension."""
+    def _join_tower_outputs(
+        outputs: list[BaseModelOutput], stacked_frames: list[tuple[int, list[int]]] | None = None
+    ) -> dict:
+        """The per-video tower outputs laid out like the pixels given (transformers' mixins compare the first
+        dimension with the pixels'): concatenated along the frame dimension, or, for videos given stacked
+        (`stacked_frames`: each video's frame count and encoded frames), stacked as `(videos, frames, ...)`, zero on
+        the frames that frame selection dropped (they were never encoded)."""
+
+        def place(tensors):
+            if stacked_frames is None:
+                return torch.cat(tensors)
+            rows = []
+            for tensor, (num_frames, encoded) in zip(tensors, stacked_frames):
+                row = tensor.new_zeros((num_frames, *tensor.shape[1:]))
+                row[torch.as_tensor(encoded, dtype=torch.long, device=tensor.device)] = tensor
+                rows.append(row)
+            return torch.stack(rows)
+
         def join(values):
-            return tuple(map(torch.cat, zip(*values))) if values and values[0] is not None else None
+            return tuple(map(place, zip(*values))) if values and values[0] is not None else None
 
         return {
-            "last_hidden_state": torch.cat([o.last_hidden_state for o in outputs]) if outputs else None,
+            "last_hidden_state": place([o.last_hidden_state for o in outputs]) if outputs else None,
             "hidden_states": join([o.hidden_states for o in outputs]),
             "attentions": join([o.attentions for o in outputs]),
         }
 
     @can_return_tuple
+    @auto_docstring(
+        custom_intro="""
+        Encodes and compresses every video; `pooler_output` holds one `(tokens_i, hidden_size)` tensor per video,
+        ready to replace its placeholder, and `compression` one report per video.
+
+        The token budget of each video is computed from its own sample's prompt (`prompt_input_ids` with one
+        placeholder per video and `prompt_attention_mask`, or `prompt_inputs_embeds`), as the reference does for batch
+        item 0 (docs/reference.md §3-5); without a prompt, each video has the whole context and no query (the earliest
+        frames keep full resolution when mixing). A sample with several visual items splits its budget equally among
+        them. (The prompt arguments are not named `input_ids`/`attention_mask` because `generate` hands every model
+        kwarg matching this signature to the encoder and then drops it.)
+        """
+    )
     def get_video_features(
         self,
         pixel_values_videos: torch.Tensor,
@@ -541,22 +637,30 @@ class LongVUModel(LongVUPreTrainedModel):
         video_features: LongVUVideoFeatures | None = None,
         **kwargs,
     ) -> LongVUVisualFeaturesOutput:
-        """Encode and compress every video; `pooler_output` holds one `(tokens_i, hidden)` tensor per video.
-
-        The token budget of each video is computed from its own sample's prompt (`prompt_input_ids` with one
-        placeholder per video and `prompt_attention_mask`, or `prompt_inputs_embeds`), as the reference does for batch
-        item 0 (docs/reference.md §3-5); without a prompt, each video has the whole context and no query (the earliest
-        frames keep full resolution when mixing). A sample with several visual items splits its budget equally among
-        them. `compression` holds one report per video. (The prompt arguments are not named `input_ids`/
-        `attention_mask` because `generate` hands every model kwarg matching this signature to the encoder and then
-        drops it.)
-
-        `compression_settings` (a `CompressionSettings` or a dict of its fields) changes the budget and thresholds
-        for this call only; `max_visual_tokens` caps each video's tokens (the same as that field): frame selection,
-        resolution mixing and STC then work as if the context left exactly that many tokens.
-
-        `video_features` (from `encode_videos`) stand in for the pixels: one entry per video placeholder, None for a
-        video whose pixels are given (`pixel_values_videos` then holds only those videos).
+        r"""
+        pixel_values_videos (`torch.Tensor` of shape `(total_frames, 3, H, W)` or `(videos, frames, 3, H, W)`):
+            SigLIP's pixels of every video: the processor's output (the frames of all videos concatenated), or videos
+            stacked. uint8 pixels are rescaled and normalised by the model; float pixels are taken as normalised.
+        pixel_values_videos_dino (`torch.Tensor` of the same layout, at DINOv2's input size):
+            DINOv2's pixels of the same frames.
+        video_num_frames (`torch.LongTensor` of shape `(videos,)`, *optional*):
+            The frames of each video (needed when frames are concatenated and there is more than one video).
+        video_sizes (`torch.LongTensor` of shape `(videos, 2)`, *optional*):
+            The (height, width) of each source video; by default, the frames' own size.
+        prompt_input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            The prompts, one placeholder per video, from which each video's token budget and query are taken.
+        prompt_attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+            The prompts' attention mask.
+        max_visual_tokens (`int`, *optional*):
+            A cap on each video's tokens (the `CompressionSettings` field of that name): frame selection, resolution
+            mixing and STC then work as if the context left exactly that many tokens.
+        prompt_inputs_embeds (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
+            The prompts as embeddings, in place of `prompt_input_ids`.
+        compression_settings (`CompressionSettings` or `dict`, *optional*):
+            Budget and thresholds for this call only (a field left None takes the config's value).
+        video_features (`LongVUVideoFeatures`, *optional*):
+            Videos encoded by `encode_videos`, in place of the pixels: one entry per video placeholder, None for a
+            video whose pixels are given (`pixel_values_videos` then holds only those videos).
         """
         settings = CompressionSettings.from_value(compression_settings, max_visual_tokens=max_visual_tokens)
         settings = settings.resolve(self.config)
@@ -583,8 +687,12 @@ class LongVUModel(LongVUPreTrainedModel):
             features.append(tokens)
             reports.append(report)
             tower_outputs.append(tower_output)
+        # The encoded frames of a video are the ones its report keeps (selection ran on them, or on none).
+        stacked = [(len(v), r["kept_frame_indices"]) for v, r in zip(videos, reports)]
         return LongVUVisualFeaturesOutput(
-            pooler_output=features, compression=CompressionReports(reports), **self._join_tower_outputs(tower_outputs)
+            pooler_output=features,
+            compression=CompressionReports(reports),
+            **self._join_tower_outputs(tower_outputs, stacked if pixel_values_videos.ndim == 5 else None),
         )
 
     @staticmethod
@@ -641,18 +749,22 @@ class LongVUModel(LongVUPreTrainedModel):
             inputs_embeds=prompt_inputs_embeds,
         )
         pixels = iter(zip(new_videos, new_dino, new_sizes))
-        features, reports, tower_outputs = [], [], []
+        features, reports, tower_outputs, stacked = [], [], [], []
         for entry, prompt in zip(video_features, layout):
             if entry is None:
                 video, video_dino, size_hw = next(pixels)
                 tokens, report, tower_output = self._encode_video(video, video_dino, size_hw, prompt, settings)
                 tower_outputs.append(tower_output)
+                stacked.append((len(video), report["kept_frame_indices"]))
             else:
                 tokens, report = self.compress_video(entry, prompt, settings)
             features.append(tokens)
             reports.append(report)
+        is_stacked = pixel_values_videos is not None and pixel_values_videos.ndim == 5
         return LongVUVisualFeaturesOutput(
-            pooler_output=features, compression=CompressionReports(reports), **self._join_tower_outputs(tower_outputs)
+            pooler_output=features,
+            compression=CompressionReports(reports),
+            **self._join_tower_outputs(tower_outputs, stacked if is_stacked else None),
         )
 
     def _selection_frame_budget(self, select_budget: int) -> int:
@@ -803,6 +915,13 @@ class LongVUModel(LongVUPreTrainedModel):
         return tokens, report, tower_output
 
     @can_return_tuple
+    @auto_docstring(
+        custom_intro="""
+        Encodes images (no temporal or token compression): the full grid on image checkpoints, and the reference's
+        low-resolution grid on video checkpoints (`highres=True`); `pooler_output` holds one `(tokens_i,
+        hidden_size)` tensor per image.
+        """
+    )
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
@@ -810,8 +929,14 @@ class LongVUModel(LongVUPreTrainedModel):
         image_sizes: torch.Tensor | None = None,
         **kwargs,
     ) -> LongVUVisualFeaturesOutput:
-        """Encode images (no temporal or token compression): the full grid on image checkpoints, and the reference's
-        low-resolution grid on video checkpoints (`highres=True`)."""
+        r"""
+        pixel_values (`torch.Tensor` of shape `(images, 3, height, width)`):
+            SigLIP's pixels of every image (uint8, normalised by the model, or float already normalised).
+        pixel_values_dino (`torch.Tensor` of shape `(images, 3, dino_height, dino_width)`):
+            DINOv2's pixels of the same images.
+        image_sizes (`torch.LongTensor` of shape `(images, 2)`, *optional*):
+            The (height, width) of each source image; by default, the pixels' own size.
+        """
         if pixel_values_dino is None:
             raise ValueError("`pixel_values_dino` is required with `pixel_values`")
         self._check_pixels(pixel_values, self.config.vision_config.image_size, "pixel_values")
@@ -956,6 +1081,12 @@ class LongVUModel(LongVUPreTrainedModel):
 
     @can_return_tuple
     @accepts_cache_argument
+    @auto_docstring(
+        custom_intro="""
+        Encodes and compresses the videos and images, expands each placeholder to its item's tokens (when the prompt
+        holds one placeholder per item), merges the features and runs the decoder.
+        """
+    )
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -978,6 +1109,36 @@ class LongVUModel(LongVUPreTrainedModel):
         video_features: LongVUVideoFeatures | None = None,
         **kwargs,
     ) -> LongVUModelOutputWithPast:
+        r"""
+        cache (`Cache`, *optional*):
+            The key-value cache of an earlier call (`past_key_values` on transformers releases before 5.24).
+        labels (`torch.LongTensor`, *optional*):
+            Language-modelling labels, for the prompt as written (the model sets -100 on the expanded visual tokens)
+            or already for the expanded sequence.
+        pixel_values (`torch.Tensor` of shape `(images, 3, height, width)`, *optional*):
+            SigLIP's pixels of every image (see `get_image_features`).
+        pixel_values_dino (`torch.Tensor` of shape `(images, 3, dino_height, dino_width)`, *optional*):
+            DINOv2's pixels of the same images.
+        image_sizes (`torch.LongTensor` of shape `(images, 2)`, *optional*):
+            The (height, width) of each source image.
+        pixel_values_videos (`torch.Tensor` of shape `(total_frames, 3, H, W)`, *optional*):
+            SigLIP's pixels of every video's frames (see `get_video_features`).
+        pixel_values_videos_dino (`torch.Tensor` of shape `(total_frames, 3, dino_H, dino_W)`, *optional*):
+            DINOv2's pixels of the same frames.
+        video_num_frames (`torch.LongTensor` of shape `(videos,)`, *optional*):
+            The frames of each video.
+        video_sizes (`torch.LongTensor` of shape `(videos, 2)`, *optional*):
+            The (height, width) of each source video.
+        mm_encoder_outputs (`dict`, *optional*):
+            `{"video": ..., "image": ...}` from `encode_visual_inputs`, in place of the pixels (what `generate` passes
+            after encoding once).
+        max_visual_tokens (`int`, *optional*):
+            A cap on each video's tokens for this call.
+        compression_settings (`CompressionSettings` or `dict`, *optional*):
+            Budget and thresholds for this call only.
+        video_features (`LongVUVideoFeatures`, *optional*):
+            Videos encoded by `encode_videos`, in place of their pixels.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`")
         check_input_ids(input_ids)
@@ -1072,8 +1233,8 @@ class LongVUModel(LongVUPreTrainedModel):
         )
 
 
-class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
-    """
+@auto_docstring(
+    custom_intro="""
     LongVU with its language-modelling head: answers questions about long videos.
 
     Example:
@@ -1091,7 +1252,8 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
     >>> processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     ```
     """
-
+)
+class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
     # As the Qwen2/Llama causal LMs: the head is sharded like the (possibly tied) embedding the decoder's plan shards.
     _tp_plan = {"lm_head": "colwise_gather_output"}
@@ -1111,7 +1273,12 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
 
-    def get_video_features(self, *args, **kwargs):
+    @auto_docstring(
+        custom_intro="""
+        Encodes and compresses every video: the arguments and output of [`LongVUModel.get_video_features`].
+        """
+    )
+    def get_video_features(self, *args, **kwargs) -> LongVUVisualFeaturesOutput:
         return self.model.get_video_features(*args, **kwargs)
 
     def encode_videos(self, *args, **kwargs) -> LongVUVideoFeatures:
@@ -1122,11 +1289,22 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         """See `LongVUModel.start_live_video`."""
         return self.model.start_live_video(*args, **kwargs)
 
-    def get_image_features(self, *args, **kwargs):
+    @auto_docstring(
+        custom_intro="""
+        Encodes every image: the arguments and output of [`LongVUModel.get_image_features`].
+        """
+    )
+    def get_image_features(self, *args, **kwargs) -> LongVUVisualFeaturesOutput:
         return self.model.get_image_features(*args, **kwargs)
 
     @can_return_tuple
     @accepts_cache_argument
+    @auto_docstring(
+        custom_intro="""
+        `LongVUModel.forward`, then the language-modelling head (and the loss when `labels` are given); the logits
+        cover the expanded sequence.
+        """
+    )
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1150,6 +1328,45 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         video_features: LongVUVideoFeatures | None = None,
         **kwargs,
     ) -> LongVUCausalLMOutputWithPast:
+        r"""
+        cache (`Cache`, *optional*):
+            The key-value cache of an earlier call (`past_key_values` on transformers releases before 5.24).
+        labels (`torch.LongTensor`, *optional*):
+            Language-modelling labels, for the prompt as written (the model sets -100 on the expanded visual tokens)
+            or already for the expanded sequence.
+        pixel_values (`torch.Tensor` of shape `(images, 3, height, width)`, *optional*):
+            SigLIP's pixels of every image (see `get_image_features`).
+        pixel_values_dino (`torch.Tensor` of shape `(images, 3, dino_height, dino_width)`, *optional*):
+            DINOv2's pixels of the same images.
+        image_sizes (`torch.LongTensor` of shape `(images, 2)`, *optional*):
+            The (height, width) of each source image.
+        pixel_values_videos (`torch.Tensor` of shape `(total_frames, 3, H, W)`, *optional*):
+            SigLIP's pixels of every video's frames (see `get_video_features`).
+        pixel_values_videos_dino (`torch.Tensor` of shape `(total_frames, 3, dino_H, dino_W)`, *optional*):
+            DINOv2's pixels of the same frames.
+        video_num_frames (`torch.LongTensor` of shape `(videos,)`, *optional*):
+            The frames of each video.
+        video_sizes (`torch.LongTensor` of shape `(videos, 2)`, *optional*):
+            The (height, width) of each source video.
+        mm_encoder_outputs (`dict`, *optional*):
+            `{"video": ..., "image": ...}` from `encode_visual_inputs`, in place of the pixels (what `generate` passes
+            after encoding once).
+        max_visual_tokens (`int`, *optional*):
+            A cap on each video's tokens for this call.
+        compression_settings (`CompressionSettings` or `dict`, *optional*):
+            Budget and thresholds for this call only.
+        video_features (`LongVUVideoFeatures`, *optional*):
+            Videos encoded by `encode_videos`, in place of their pixels.
+
+        Example:
+
+        ```python
+        >>> inputs = processor(text=["<video>\nWhat happens?"], videos=["clip.mp4"], return_tensors="pt")
+        >>> out = model(**inputs)
+        >>> out.logits.shape[1] > inputs["input_ids"].shape[1], out.compression[0]["path"]  # expanded sequence
+        (True, 'none')
+        ```
+        """
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
