@@ -24,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import torch
 
 from .configuration_longvu import CompressionSettings
@@ -135,4 +137,39 @@ class LongVULiveVideo:
         return LongVUVideoFeatures([encoded], fingerprint=self._fingerprint, settings=settings)
 
 
-__all__ = ["LongVULiveVideo"]
+def encode_video_stream(
+    model, chunks: Iterable[dict], video_size: tuple[int, int] | None = None,
+    compression_settings: CompressionSettings | dict | None = None, queue_chunks: int = 2,
+) -> LongVUVideoFeatures:
+    """Encode a video that arrives as chunks of preprocessed frames (`VideoChunks` from
+    `LongVUVideoProcessor.iter_video_chunks`, or any iterable of dicts with `pixel_values_videos` and
+    `pixel_values_videos_dino`): each chunk goes into a `LongVULiveVideo` as it arrives, so the features equal
+    `encode_videos` on the whole video while the host holds only a few chunks of pixels. The chunks are produced
+    in a background thread, at most `queue_chunks` ahead, so that decoding overlaps with the towers; on CUDA they
+    are pinned there, then copied to the device without blocking."""
+    from ..processing.video_decoding import prefetch
+
+    if video_size is None:
+        video_size = getattr(chunks, "video_size", None)
+        if video_size is None:
+            raise ValueError("`video_size` (height, width) is needed when the chunks do not carry it")
+    live = LongVULiveVideo(model, video_size, CompressionSettings.from_value(compression_settings).resolve(model.config))
+    device = model.dino_tower.device
+    pin = device.type == "cuda"
+
+    def staged(source: Iterable[dict]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for chunk in source:
+            pixels, pixels_dino = chunk["pixel_values_videos"], chunk["pixel_values_videos_dino"]
+            if pin:
+                pixels, pixels_dino = pixels.pin_memory(), pixels_dino.pin_memory()
+            yield pixels, pixels_dino
+
+    for pixels, pixels_dino in prefetch(staged(chunks), depth=max(1, int(queue_chunks))):
+        if pin:
+            pixels = pixels.to(device, non_blocking=True)
+            pixels_dino = pixels_dino.to(device, non_blocking=True)
+        live.append(pixels, pixels_dino)
+    return live.features()
+
+
+__all__ = ["LongVULiveVideo", "encode_video_stream"]

@@ -48,7 +48,7 @@ from ..transformers_compat import (
 )
 from . import compression as C
 from .aggregator import LongVUVisionAggregator, window_key_mask
-from .live_video import LongVULiveVideo
+from .live_video import LongVULiveVideo, encode_video_stream
 from .video_features import EncodedVideo, LongVUVideoFeatures, model_fingerprint, settings_difference
 
 VISUAL_INPUT_NAMES = (
@@ -842,6 +842,16 @@ class LongVUModel(LongVUPreTrainedModel):
         settings = CompressionSettings.from_value(compression_settings).resolve(self.config)
         return LongVULiveVideo(self, video_size, settings)
 
+    def encode_video_stream(
+        self, chunks, video_size: tuple[int, int] | None = None,
+        compression_settings: CompressionSettings | dict | None = None,
+    ) -> LongVUVideoFeatures:
+        """`encode_videos` for one video given as chunks of frames (`VideoChunks` from the video processor's
+        `iter_video_chunks`): each chunk is encoded as it arrives while the next is decoded, so host memory does not
+        grow with the video's length; the features equal `encode_videos` on the whole video
+        (see `modeling/live_video.py`)."""
+        return encode_video_stream(self, chunks, video_size, compression_settings)
+
     def compress_video(
         self, encoded: EncodedVideo, prompt: dict, settings: CompressionSettings
     ) -> tuple[torch.Tensor, dict]:
@@ -1288,6 +1298,10 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
     def start_live_video(self, *args, **kwargs) -> LongVULiveVideo:
         """See `LongVUModel.start_live_video`."""
         return self.model.start_live_video(*args, **kwargs)
+
+    def encode_video_stream(self, *args, **kwargs) -> LongVUVideoFeatures:
+        """See `LongVUModel.encode_video_stream`."""
+        return self.model.encode_video_stream(*args, **kwargs)
 
     @auto_docstring(
         custom_intro="""
