@@ -397,7 +397,8 @@ def test_bad_video_file_and_outputs(model_dir, tmp_path, video, capsys):
     not_a_video = tmp_path / "notes.mp4"
     not_a_video.write_text("not a video")
     assert cli.main(["ask", str(not_a_video), QUESTION, "--model", str(model_dir)]) == 2
-    assert "cannot be read" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "notes.mp4': not a video" in err[0], err  # refused by check_video, before the model
     for out, expected in ((tmp_path / "r.jpg", "must end with .png or .html"),
                           (tmp_path / "missing" / "r.png", "does not exist")):
         assert cli.main(["report", str(video), QUESTION, "--model", str(model_dir), "--out", str(out)]) == 2
