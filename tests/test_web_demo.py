@@ -346,6 +346,19 @@ def test_uploaded_playlists_and_lists_are_refused_and_deleted(public, clip, name
     assert not uploaded.exists() and not uploaded.parent.exists()
 
 
+def test_uploads_over_the_size_cap_are_refused_and_deleted(public, clip):
+    saved = public.policy
+    public.policy = dataclasses.replace(saved, max_bytes=clip.stat().st_size - 1)
+    try:
+        uploaded = upload(public, clip)
+        with counting_decodes(public) as decodes:
+            assert_refused(run(public, str(uploaded), "", QUESTION), "clip.mp4", "over the")
+            assert decodes == []
+        assert not uploaded.exists()
+    finally:
+        public.policy = saved
+
+
 def test_frames_are_bounded_before_decoding(public, clip):
     saved = public.policy
     public.policy = dataclasses.replace(saved, max_frames=10, allow_local_paths=True)
@@ -366,12 +379,17 @@ def test_frames_are_bounded_before_decoding(public, clip):
 
 
 def test_downloads_are_deleted_and_not_fetched_again_for_follow_ups(answerer, clip, monkeypatch):
+    # Keep every resolved source alive: the download must go because the request closes it, not by garbage collection.
+    sources = []
+    resolve = web_demo.resolve_media
+    monkeypatch.setattr(web_demo, "resolve_media", lambda *a, **k: sources.append(resolve(*a, **k)) or sources[-1])
     with file_server(clip.parent) as (base, requests):
         port = int(base.rsplit(":", 1)[1])
         monkeypatch.setattr(media_inputs, "_ADMITTED_FOR_TESTS", frozenset({("127.0.0.1", port)}))
         url = f"{base}/{clip.name}"
         first = assert_answered(run(answerer, None, url, QUESTION))
         assert first.report["video"] == url and requests == [f"/{clip.name}"]
+        assert [source.temporary for source in sources] == [True] and not sources[0].path.exists()
         assert list(answerer.folders.downloads.iterdir()) == []  # deleted after the request
         second = assert_answered(run(answerer, None, url, "and then ?", first.conversation))
         assert "Question 2" in second.status and "reused" in second.status
@@ -396,6 +414,11 @@ def test_uploads_stay_while_in_use_and_go_after(answerer, clip, tmp_path, monkey
     outside.write_bytes(os.urandom(4096))
     run(answerer, str(outside), "", QUESTION)
     assert outside.exists()
+    answerer.uploads_only_from = answerer.folders.gradio  # as on the page: uploads come from Gradio's folder only
+    try:
+        assert_refused(run(answerer, str(clip), "", QUESTION), "upload button")
+    finally:
+        answerer.uploads_only_from = None
 
 
 def test_messages_never_name_server_paths(public, clip, tmp_path):
@@ -524,6 +547,11 @@ def test_cli_demo_web_local_path_options(monkeypatch, capsys):
     assert "WARNING" in capsys.readouterr().err
     assert [c["allow_local_paths"] for c in calls] == [False, False, True, True]
     assert calls[1]["host"] == "0.0.0.0" and calls[3]["allow_local_paths_on_network"]
+    assert calls[0]["max_request_seconds"] == web_demo.DEFAULT_REQUEST_SECONDS
+    assert main(["demo", "--web", "--max-request-seconds", "0"]) == 0 and calls[-1]["max_request_seconds"] is None
+    for bad in ("nan", "-5", "inf"):
+        assert main(["demo", "--web", "--max-request-seconds", bad]) == 2 and len(calls) == 5
+        assert "--max-request-seconds" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -664,6 +692,8 @@ def test_server_serves_no_file_of_the_page_and_names_no_folder(monkeypatch):
             config = json.loads(response.read())
         assert config["max_file_size"] == answerer.policy.max_bytes == 200 * 1024**2
         assert page._queue.max_size == web_demo.DEFAULT_QUEUE_SIZE
+        # Nothing is served outside Gradio's own files, and the page's private folders are blocked on top of that.
+        assert list(page.allowed_paths) == [] and str(folders.downloads) in page.blocked_paths
         fetched = folders.downloads / "longvu-input-x" / "video-1.mp4"  # where a download lives while in use
         fetched.parent.mkdir()
         fetched.write_bytes(b"secret body")

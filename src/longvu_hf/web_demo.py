@@ -229,6 +229,14 @@ class VideoRequest:
 
     `source` is None when the frames of this URL are already decoded (a follow-up question: nothing is fetched
     again). `upload` is the user's upload when the page owns it (it lives in the page's upload folder).
+
+    Example:
+
+    ```python
+    >>> request = answerer.resolve_video(None, EXAMPLE_NAME, AskOptions(fps=1.0))
+    >>> request.label, request.kind, request.sampled
+    ('example-90s.mp4', 'video', 90)
+    ```
     """
 
     key: tuple
@@ -249,7 +257,7 @@ class _Progress:
 
 
 class _RequestTooLong(DemoInputError):
-    pass
+    """The request ran past its deadline (raised from the progress callbacks, which stops the work in progress)."""
 
 
 class _PageStreamer(TextIteratorStreamer):

@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--allow-local-paths", action="store_true",
                      help="with --web: the text box also reads files and folders of frames on this machine (default: "
                      "uploads and public http(s) URLs only); refused with a non-loopback --host or --share")
+    web.add_argument("--max-request-seconds", type=float, default=600.0,
+                     help="with --web: one request (download, decoding, towers, answer) is stopped after this many "
+                     "seconds (default 600; 0: no limit)")
     web.add_argument("--allow-local-paths-on-network", action="store_true",
                      help="with --web --allow-local-paths: allow them with a non-loopback --host or --share too "
                      "(anyone who reaches the page can then read this machine's files)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -46,6 +47,8 @@ def serve_web_demo(args) -> int:
     """`longvu demo --web`: the Gradio page of `longvu_hf.web_demo`, served until Ctrl-C."""
     from ..web_demo import launch, reachable_from_other_machines
 
+    if not (args.max_request_seconds >= 0 and math.isfinite(args.max_request_seconds)):
+        raise CLIError(f"--max-request-seconds {args.max_request_seconds}: must be 0 (no limit) or a number of seconds")
     exposure = reachable_from_other_machines(args.host, args.share)
     if args.allow_local_paths_on_network and not args.allow_local_paths:
         raise CLIError("--allow-local-paths-on-network only makes sense with --allow-local-paths")
@@ -64,7 +67,7 @@ def serve_web_demo(args) -> int:
         raise CLIError("the web demo needs Gradio: pip install 'longvu-hf[demo]'") from None
     launch(args.model, host=args.host, port=args.port, share=args.share, max_video_seconds=args.max_video_seconds,
            allow_local_paths=args.allow_local_paths, allow_local_paths_on_network=args.allow_local_paths_on_network,
-           device=pick_device(args.device), quiet=args.quiet)
+           max_request_seconds=args.max_request_seconds or None, device=pick_device(args.device), quiet=args.quiet)
     return EXIT_OK
 
 
