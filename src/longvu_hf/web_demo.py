@@ -1035,7 +1035,8 @@ def build_app(answerer: VideoQuestionAnswerer):
     """The Gradio page (a `gradio.Blocks`) around `answerer`; `launch` serves it.
 
     Gradio keeps uploads and its cache in the answerer's private folder (`GRADIO_TEMP_DIR` is set to it for this
-    process), swept every 10 minutes (files older than an hour) and deleted with the answerer."""
+    process, so serve one page per process), swept every 10 minutes (files older than an hour) and deleted with the
+    answerer; the page accepts uploads from that folder only."""
     gr = _import_gradio()
     os.environ["GRADIO_TEMP_DIR"] = str(answerer.folders.gradio)
     answerer.uploads_only_from = answerer.folders.gradio
