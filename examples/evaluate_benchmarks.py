@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--video-backend", default="auto", choices=("auto", "pyav", "torchcodec", "decord"))
     parser.add_argument("--no-retry-errors", action="store_true", help="on resume, keep earlier failures as they are")
     parser.add_argument("--cpu", action="store_true", help="run on CPU even if a GPU is available")
+    parser.add_argument("--engine", default="transformers", choices=("transformers", "vllm"),
+                        help="vllm: decode with vLLM's engine (pip install 'longvu-hf[vllm]'); the towers run here")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="with --engine vllm: GPUs per model")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error("--limit must be at least 1")
@@ -91,8 +94,21 @@ def main(argv=None) -> dict | None:
     if len(dataset) == 0:
         raise ValueError(f"No question to evaluate in {args.data_root}")
 
-    model, processor = load_model_and_processor(args, state.device)
-    predictor = VideoQAPredictor(model, processor, protocol, subtitles=args.subtitles, video_backend=args.video_backend)
+    if args.engine == "vllm":  # longvu_hf.integrations.vllm: same records, answers decoded by vLLM
+        from transformers import AutoProcessor
+
+        from longvu_hf.integrations.vllm import LongVUEngine
+        from longvu_hf.integrations.vllm.evaluation import VLLMVideoQAPredictor
+
+        engine = LongVUEngine(args.model, tensor_parallel_size=args.tensor_parallel_size, dtype=args.dtype,
+                              encoder_device=state.device)
+        model, processor = engine.encoder, AutoProcessor.from_pretrained(args.model)
+        predictor = VLLMVideoQAPredictor(engine, processor, protocol, subtitles=args.subtitles,
+                                         video_backend=args.video_backend)
+    else:
+        model, processor = load_model_and_processor(args, state.device)
+        predictor = VideoQAPredictor(model, processor, protocol, subtitles=args.subtitles,
+                                     video_backend=args.video_backend)
     output_dir = args.output or os.path.join("eval_results", args.benchmark + ("-subtitles" if args.subtitles else ""))
     sampling = {k: v for k, v in protocol.to_dict().items() if k not in PROTOCOL_FIELDS_NOT_AFFECTING_GENERATION}
     run_settings = {
@@ -105,6 +121,8 @@ def main(argv=None) -> dict | None:
         "dtype": str(model.dtype),
         "video_backend": args.video_backend,
     }
+    if args.engine != "transformers":  # (absent for transformers, so that earlier runs still resume)
+        run_settings["engine"] = args.engine
     run_info = {"protocol": args.protocol, "limit": args.limit, "egoschema_full": args.egoschema_full}
     report = run_evaluation(
         dataset,

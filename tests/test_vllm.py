@@ -220,6 +220,63 @@ def test_mismatched_placeholders_and_wrong_widths_are_refused(engine, videos):
     assert len(answer.token_ids) == NEW_TOKENS
 
 
+def test_longvu_ask_and_chat_with_the_vllm_engine(engine, folder, videos, tmp_path, monkeypatch, capsys):
+    import io
+
+    from longvu_hf.cli import main
+    from longvu_hf.integrations.vllm import engine as engine_module
+
+    clip = tiny.write_scene_clip(tmp_path / "clip.mp4", seconds=4)
+    started, encoded = [], []
+    monkeypatch.setattr(engine_module, "LongVUEngine", lambda model, **kw: started.append((str(model), kw)) or engine)
+    # This environment has no torchvision, so no video processor: the towers get a test video instead of the clip.
+    features = engine.encode(videos["mix"])
+    encode = engine.encode
+
+    def encode_the_test_video(video, **options):
+        if isinstance(video, str):
+            encoded.append((video, options))
+            video = videos["mix"]
+        return encode(video, **options)
+
+    monkeypatch.setattr(engine, "encode", encode_the_test_video)
+    questions = [QUESTIONS[0], QUESTIONS[1]]
+    expected = [a.text.strip() for a in engine.generate([(features, q) for q in questions], params(5))]
+
+    status = main(["ask", str(clip), *questions, "--engine", "vllm", "--model", str(folder), "--device", "cpu",
+                   "--dtype", "float32", "--fps", "2", "--max-new-tokens", "5", "--quiet"])
+    assert status == 0 and started[-1] == (str(folder), {"tensor_parallel_size": 1, "dtype": "float32",
+                                                         "encoder_device": "cpu"})
+    assert len(encoded) == 1 and encoded[0][0] == str(clip) and encoded[0][1]["fps"] == 2
+    assert capsys.readouterr().out.splitlines() == [f"[{i}] {text}" for i, text in enumerate(expected, start=1)]
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(questions) + "\n\n"))
+    status = main(["chat", str(clip), "--engine", "vllm", "--model", str(folder), "--max-new-tokens", "5", "-q"])
+    assert status == 0 and len(encoded) == 2  # one encoding for the whole conversation
+    assert capsys.readouterr().out.splitlines() == expected
+
+    assert main(["ask", str(clip), "q", "--engine", "vllm", "--tensor-parallel-size", "0"]) == 2
+    assert "--tensor-parallel-size 0: must be at least 1" in capsys.readouterr().err
+
+
+def test_the_evaluation_predictor_decodes_with_vllm(engine, reference, videos):
+    import dataclasses
+
+    from longvu_hf.evaluation import VideoQAPredictor, get_protocol
+    from longvu_hf.integrations.vllm.evaluation import VLLMVideoQAPredictor
+
+    # MLVU's protocol: its own DINO/STC thresholds as per-call settings; 8 new tokens so that answers differ
+    protocol = dataclasses.replace(get_protocol("mlvu", "strict"), max_new_tokens=8)
+    served = VLLMVideoQAPredictor(engine, engine.tokenizer, protocol)
+    generated = VideoQAPredictor(reference, engine.tokenizer, protocol)
+    assert served.model is engine.encoder and served.compression_settings.dino_threshold == 0.82
+    features = engine.encode(videos["stc"], compression_settings=served.compression_settings)
+    ids = torch.tensor([engine.prompt_token_ids(QUESTIONS[1])])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "video_features": features}
+    text, report = served.generate(inputs)
+    assert (text, report) == generated.generate(inputs) and text
+
+
 def test_llama_backbone_equals_generate(tmp_path, videos):
     folder = save_tiny_vllm_model(tmp_path / "tiny-vllm-llama", backbone="llama")
     llama = start_engine(folder)

@@ -44,6 +44,7 @@ from .models import (
     resolve_model,
 )
 from .pipeline import check_video, effective_budget, prepare_inputs, run_model
+from .vllm_engine import add_engine_options
 
 
 def _positive_int(text: str) -> int:
@@ -126,11 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("question", nargs="+",
                      help="the question, in quotes; several questions are answered in turn, the video encoded once")
     _add_video_options(ask)
+    add_engine_options(ask)
     ask.set_defaults(handler=cmd_ask)
 
     chat = commands.add_parser("chat", help="questions from stdin about one video, encoded once")
     chat.add_argument("video", help="video file (mp4, mkv, webm, ...), folder of frames, or http(s) URL")
     _add_video_options(chat)
+    add_engine_options(chat)
     chat.set_defaults(handler=cmd_chat)
 
     report = commands.add_parser("report", help="picture + JSON of what the compression did to a video")

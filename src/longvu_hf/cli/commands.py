@@ -8,6 +8,7 @@ from typing import Any
 
 from ..media_inputs import MediaSource
 from .errors import EXIT_INTERRUPTED, EXIT_OK, CLIError
+from .vllm_engine import ask_with_vllm, chat_with_vllm
 from .models import default_model, load_model_and_processor, pick_device, pick_dtype, resolve_model
 from .pipeline import (
     check_output_paths,
@@ -34,6 +35,8 @@ def _load_for(args) -> tuple[Any, Any, str]:
 
 
 def cmd_ask(args) -> int:
+    if getattr(args, "engine", "transformers") == "vllm":
+        return ask_with_vllm(args)
     questions = [q for q in args.question if q.strip()]
     if not questions:
         raise CLIError("the question is empty; ask something, in quotes")
@@ -64,6 +67,8 @@ def _ask(args, video: MediaSource, questions: list[str]) -> int:
 
 def cmd_chat(args) -> int:
     """Questions from stdin, one per line, about one video decoded and encoded once (each question on its own)."""
+    if getattr(args, "engine", "transformers") == "vllm":
+        return chat_with_vllm(args)
     with check_video(args.video) as video:
         return _chat(args, video)
 

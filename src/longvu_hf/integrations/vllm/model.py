@@ -88,9 +88,12 @@ class LongVUDummyInputsBuilder(BaseDummyInputsBuilder[LongVUProcessingInfo]):
     def get_dummy_mm_data(
         self, seq_len: int, mm_counts: Mapping[str, int], mm_options: MultiModalDummyOptions
     ) -> dict:
+        count = mm_counts.get("video", 0)
+        if not count:
+            return {}
         hidden = self.info.ctx.model_config.get_inputs_embeds_size()
         length = self.info.get_mm_max_tokens_per_item(seq_len, mm_counts)["video"]
-        return {"video": [torch.zeros(length, hidden) for _ in range(mm_counts.get("video", 0))]}
+        return {"video": [torch.zeros(length, hidden) for _ in range(count)]}
 
 
 class LongVUMultiModalProcessor(BaseMultiModalProcessor[LongVUProcessingInfo]):
