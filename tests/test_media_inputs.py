@@ -616,3 +616,19 @@ def test_seeks_skip_whole_gops_on_normal_files(tmp_path):
     indices = np.array([2, 27, 52])
     got = [slot for batch in source.iter_frames(indices, 2) for slot, _ in batch]
     assert got == [0, 1, 2] and len(seeks) == 2
+
+
+def test_frame_images_and_images_are_read_under_the_policy(server, monkeypatch):
+    from PIL import Image
+
+    fake_dns(monkeypatch, {})
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(server.files / "frame.png")
+    processor = LongVUVideoProcessor()
+    frames = [server.url("file?name=frame.png")] * 2  # a video given as a list of frame URLs
+    assert processor([[frames]], num_frames=2)["video_sizes"].tolist() == [[30, 40]]
+    assert processor.preprocess_images(frames[0])["image_sizes"].tolist() == [[30, 40]]
+    for internal in ["http://169.254.169.254/frame.png", "http://10.0.0.1/frame.png", "file:///etc/passwd"]:
+        with pytest.raises(InputRefused, match="refused"):
+            processor([[[internal, internal]]], num_frames=2)
+        with pytest.raises(InputRefused, match="refused"):
+            processor.preprocess_images(internal)

@@ -574,6 +574,18 @@ class LongVUVideoProcessor(BaseVideoProcessor):
 
     # -- decoding API of BaseVideoProcessor --------------------------------------------------------------------------
 
+    def fetch_images(self, image_url_or_urls: Any):
+        """Image paths and URLs as RGB PIL images, read under `InputPolicy.local_user()` (`longvu_hf.media_inputs`:
+        public URLs only, size-capped, a deadline) instead of transformers' unrestricted `load_image`; images already
+        loaded pass through."""
+        from ..media_inputs import load_image
+
+        if isinstance(image_url_or_urls, (list, tuple)):
+            return [self.fetch_images(item) for item in image_url_or_urls]
+        if isinstance(image_url_or_urls, (str, os.PathLike)):
+            return load_image(image_url_or_urls, InputPolicy.local_user())
+        return image_url_or_urls
+
     def fetch_videos(self, video_url_or_urls: str | list[str] | list[list[str]], sample_indices_fn=None):
         """Decodes videos to (frames (T, H, W, 3) uint8, VideoMetadata), like `BaseVideoProcessor.fetch_videos`, but
         with this package's decoders (PyAV when torchcodec is unusable) and only the sampled frames. URLs and paths
