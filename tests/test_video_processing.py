@@ -227,24 +227,6 @@ def test_normalised_output_matches_reference_floats(processor, case):
         torch.testing.assert_close(out[key], reference, atol=1e-5, rtol=0)
 
 
-def test_float_output_needs_both_rescale_and_normalize(processor):
-    """One of `do_rescale`/`do_normalize` without the other would give floats the model misreads (it takes float
-    pixels as normalised): refused, naming both, for videos and images, at call time and from the configuration."""
-    video = np.random.default_rng(0).integers(0, 256, size=(2, 12, 16, 3), dtype=np.uint8)
-    for flags in ({"do_normalize": True}, {"do_rescale": False, "do_normalize": True}, {"do_rescale": True}):
-        rescale, normalize = flags.get("do_rescale", False), flags.get("do_normalize", False)
-        message = f"`do_rescale={rescale}` with `do_normalize={normalize}`"
-        with pytest.raises(ValueError, match=message + ".*Pass `do_rescale=True, do_normalize=True`"):
-            processor(video, **flags)
-        with pytest.raises(ValueError, match=message):
-            processor.preprocess_images(Image.fromarray(video[0]), **flags)
-        with pytest.raises(ValueError, match=message):
-            LongVUVideoProcessor(**flags)(video)
-    # Both, or neither: float32 normalised, or uint8.
-    assert processor(video, do_rescale=True, do_normalize=True)["pixel_values_videos"].dtype == torch.float32
-    assert processor(video, do_rescale=False, do_normalize=False)["pixel_values_videos"].dtype == torch.uint8
-
-
 def test_float_output_is_what_the_model_computes_from_uint8():
     """The float pixels of `do_rescale=True, do_normalize=True` give the model exactly the features of the uint8
     pixels it normalises itself (same arithmetic, bit for bit), for videos and images."""

@@ -7,10 +7,6 @@ What the tester adapts, and why:
 * Images go through the video processor (`preprocess_images`): the processor's attributes are only `tokenizer` and
   `video_processor`, so the mixin's image-processor tests skip themselves, while its tests that pass `images=` to the
   processor (e.g. `test_model_input_names`) do run.
-* The kwargs tests probe video kwargs with `do_rescale=True, rescale_factor=-1.0` and expect negative pixels. LongVU's
-  video processor returns uint8 pixels (the model normalises them) or float pixels rescaled AND normalised, and refuses
-  one step without the other (the model takes float pixels as normalised), so the probe also sets
-  `do_normalize=True`; the pixels are then negative as the tests expect.
 * The tests run offline (`HF_HUB_OFFLINE=1`): the one that loads a Hub image gets a local one.
 """
 
@@ -26,7 +22,7 @@ import numpy as np
 from PIL import Image
 from transformers.testing_utils import require_torch, require_vision
 from transformers_release_tests import test_processing_common
-from transformers_release_tests.test_processing_common import MODALITY_TEST_SPECS, ProcessorTesterMixin
+from transformers_release_tests.test_processing_common import ProcessorTesterMixin
 
 import longvu_hf  # noqa: F401  (registers the Auto classes)
 from longvu_hf import LongVUProcessor, LongVUVideoProcessor
@@ -59,14 +55,6 @@ class LongVUProcessorTest(ProcessorTesterMixin, unittest.TestCase):
     def _setup_video_processor(cls):
         # Small squares instead of 384/378 px keep the run short; the pad + resize path is the same.
         return LongVUVideoProcessor(size={"height": 20, "width": 20}, dino_size={"height": 18, "width": 18})
-
-    def setUp(self):
-        super().setUp()
-        # See the module docstring: rescaled-only floats are refused, so the video kwargs probe normalises too.
-        probe = {**MODALITY_TEST_SPECS["videos"]["init_time_kwargs"], "do_normalize": True}
-        patcher = mock.patch.dict(MODALITY_TEST_SPECS["videos"], {"init_time_kwargs": probe})
-        patcher.start()
-        self.addCleanup(patcher.stop)
 
     def test_processor_text_has_no_visual(self):
         # Its chat-template part loads an image from the Hub; serve a local image instead (offline runs).

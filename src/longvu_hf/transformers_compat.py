@@ -133,6 +133,25 @@ def accepts_cache_argument(forward):
     return wrapper
 
 
+# Processor defaults: from 5.23 on, transformers reads them from the processor class's attributes
+# (`text_kwargs = {...}`); earlier releases only from the processor's `ProcessingKwargs._defaults`.
+PROCESSOR_CLASS_DEFAULTS = Version(Version(transformers.__version__).base_version) >= Version("5.23.0")
+_MODALITY_KWARGS = ("text_kwargs", "images_kwargs", "videos_kwargs", "audio_kwargs")
+
+
+def processor_defaults_for_installed_release(processor_class: type, kwargs_class: type) -> None:
+    """On releases before 5.23, copy a processor class's modality defaults (`text_kwargs = {...}`, ...) into its
+    `ProcessingKwargs` subclass's `_defaults`, the only place those releases read them; newer releases read the class
+    attributes themselves and nothing is done."""
+    if PROCESSOR_CLASS_DEFAULTS:
+        return
+    kwargs_class._defaults = {
+        name: dict(getattr(processor_class, name))
+        for name in _MODALITY_KWARGS
+        if isinstance(getattr(processor_class, name, None), dict)
+    }
+
+
 def training_arguments_for_installed_release(values: dict) -> dict:
     """Training options written with the newest names (`activation_checkpointing`, 5.23 on), renamed to the installed
     release's (`gradient_checkpointing` before)."""
@@ -158,5 +177,6 @@ __all__ = [
     "cache_kwargs",
     "cache_of",
     "check_transformers_version",
+    "processor_defaults_for_installed_release",
     "training_arguments_for_installed_release",
 ]

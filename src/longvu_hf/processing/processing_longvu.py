@@ -1,11 +1,26 @@
+# Copyright 2026 The LongVU-HF Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """LongVU processor: tokenizer + video processor, one placeholder token per video or image, and chat templates."""
 
 from typing import Any
 
 from transformers.image_utils import make_flat_list_of_images
 from transformers.processing_utils import ImagesKwargs, ProcessingKwargs, ProcessorMixin
+from transformers.utils import auto_docstring
 from transformers.video_utils import make_batched_videos
 
+from ..transformers_compat import processor_defaults_for_installed_release
 from .video_processing_longvu import LongVUVideoProcessor, LongVUVideoProcessorKwargs
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -111,9 +126,6 @@ def _is_empty_list(value: Any) -> bool:
 
 class LongVUProcessorKwargs(ProcessingKwargs, total=False):
     videos_kwargs: LongVUVideoProcessorKwargs
-    # transformers 5.18 reads processor defaults only from here (later versions also read the processor's class
-    # attributes); TypedDict subclasses do not inherit it, so it must be set on this class.
-    _defaults = {"text_kwargs": {"padding_side": "left"}}
 
 
 class _ImagesThroughVideoProcessor:
@@ -136,8 +148,8 @@ class _ImagesThroughVideoProcessor:
         return self.video_processor.fetch_images(images)
 
 
-class LongVUProcessor(ProcessorMixin):
-    r"""
+@auto_docstring(
+    custom_intro="""
     Processor of LongVU: a tokenizer and a `LongVUVideoProcessor`.
 
     Each video (or image) is written in the text as ONE placeholder token (`video_token`, default `"<video>"`;
@@ -170,7 +182,8 @@ class LongVUProcessor(ProcessorMixin):
     >>> answer = processor.post_process_image_text_to_text(generated[:, inputs["input_ids"].shape[1] :])[0]
     ```
     """
-
+)
+class LongVUProcessor(ProcessorMixin):
     QWEN_CHAT_TEMPLATE = get_chat_template("qwen2")
     LLAMA3_CHAT_TEMPLATE = get_chat_template("llama3")
     get_chat_template = staticmethod(get_chat_template)
@@ -187,6 +200,12 @@ class LongVUProcessor(ProcessorMixin):
         image_token: str = "<image>",
         **kwargs,
     ):
+        r"""
+        video_token (`str`, *optional*, defaults to `"<video>"`):
+            The placeholder written once per video (the tokenizer's own `video_token` when it has one).
+        image_token (`str`, *optional*, defaults to `"<image>"`):
+            The placeholder written once per image (the tokenizer's own `image_token` when it has one).
+        """
         if tokenizer is None:
             raise ValueError("LongVUProcessor needs a tokenizer.")
         if video_processor is None:
@@ -224,7 +243,24 @@ class LongVUProcessor(ProcessorMixin):
         if missing:
             tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
 
+    @auto_docstring(
+        custom_intro="""
+        Tokenizes `text` (one placeholder per video or image, which the model expands) and preprocesses `videos` and
+        `images` with the video processor; sampling options (`fps`, `num_frames`, `max_frames`, `start_time`,
+        `end_time`, ...) go to the video processor.
+        """
+    )
     def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        r"""
+        images (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*):
+            Still images, each preprocessed like a one-frame video (`LongVUVideoProcessor.preprocess_images`).
+        text (`str` or `list[str]`, *optional*):
+            The prompts, with one placeholder (`video_token`, `image_token`) per video and per image.
+        videos (`str`, `os.PathLike`, `np.ndarray`, `torch.Tensor`, frames, or a list of them, *optional*):
+            Videos: files, URLs, folders or lists of frame images, decoded frames (see `LongVUVideoProcessor`).
+        audio (`None`, *optional*):
+            LongVU takes no audio (an empty `audios` list, as harnesses written for transformers 4.x pass, is ignored).
+        """
         # Harnesses written for transformers 4.x (lmms-eval) always pass `audios=[]`, which the base class rejects as
         # a deprecated name. An empty or None `audios` means "no audio", like `audio`, which a processor without an
         # audio processor ignores (transformers' video processors do the same); a non-empty one keeps the base error.
@@ -310,5 +346,9 @@ class LongVUProcessor(ProcessorMixin):
             return [token_ids]
         return token_ids
 
+
+# The class attribute `text_kwargs` is the one definition of the processor's defaults (left padding); releases before
+# transformers 5.23 read defaults only from `LongVUProcessorKwargs._defaults`, so they get a copy there.
+processor_defaults_for_installed_release(LongVUProcessor, LongVUProcessorKwargs)
 
 __all__ = ["LongVUProcessor", "LongVUProcessorKwargs", "get_chat_template"]

@@ -1,11 +1,27 @@
+# Copyright 2026 The LongVU-HF Authors. All rights reserved.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
 """LongVU video processor: decoding, frame sampling and the two encoders' pad + resize.
 
 LongVU feeds every frame to two vision encoders, each with its own preprocessing (docs/reference.md §1.3): SigLIP gets the
 frame padded to a square with (127, 127, 127) and resized to 384², DINOv2 gets it padded with (123, 116, 103) and
 resized to 378². This processor returns both as uint8 tensors (the model rescales and normalises them on its device,
 4x less host memory than float32) together with the frame count and source size of every video. With
-`do_rescale=True, do_normalize=True` it returns float32 pixels rescaled and normalised exactly as the model would do it;
-the model takes float pixels as already normalised, so no other float output is offered.
+`do_rescale=True, do_normalize=True` it returns float32 pixels rescaled and normalised exactly as the model would do it.
+Each `do_*` flag switches its own step, as in transformers' processors (`do_resize=False` keeps the frames' size,
+`do_pad=False` stretches instead of padding, `do_rescale`/`do_normalize` apply one step each, `do_convert_rgb=False`
+refuses frames that are not already RGB); the model takes only uint8 pixels or float pixels both rescaled and
+normalised.
 
 Frames are sampled like the reference: one frame every `round(average_fps / fps)` frames from frame 0 (fps=1 by
 default, no cap), with the eval scripts' variants reachable through `fps`, `max_frames`, `start_time`/`end_time`.
@@ -26,13 +42,16 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import get_size_dict
 from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack, VideosKwargs
+from transformers.utils import logging
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, make_batched_videos
 
 from ..modeling.configuration_longvu import DINO_IMAGE_MEAN, DINO_IMAGE_STD, SIGLIP_IMAGE_MEAN, SIGLIP_IMAGE_STD
 from ..media_inputs import InputPolicy
-from .frame_transforms import fill_colour, pad_and_resize_pil, pad_and_resize_torch
+from .frame_transforms import expand_to_square, fill_colour, pad_and_resize_pil, pad_and_resize_torch
 from .video_decoding import FrameBatch, FrameSource, frame_rate, open_frame_source, prefetch, to_uint8_hwc
+
+logger = logging.get_logger(__name__)
 
 RESIZE_BACKENDS = ("pil", "torch")
 MAX_FRAMES_MODES = ("uniform", "stride")
@@ -53,6 +72,27 @@ def _paths_to_str(videos: Any) -> Any:
     return videos
 
 
+def _first_non_rgb_frame(videos: Any) -> str | None:
+    """What `do_convert_rgb=False` refuses: a description of the first in-memory frame that is not 3-channel RGB
+    (grayscale, RGBA, a PIL image in another mode), or None. Channels are read as the frame sources read them (channels
+    first when the third-last axis has 1, 3 or 4 entries and the last one not). Files, URLs and image files are decoded
+    to RGB whatever the flag."""
+    if videos is None or isinstance(videos, (str, os.PathLike)):
+        return None
+    if isinstance(videos, Image.Image):
+        return None if videos.mode == "RGB" else f"a PIL image in mode {videos.mode!r}"
+    if isinstance(videos, (list, tuple)):
+        return next((found for found in map(_first_non_rgb_frame, videos) if found is not None), None)
+    shape = tuple(getattr(videos, "shape", ()))
+    if len(shape) < 2:
+        return None
+    if len(shape) == 2:
+        return f"a grayscale frame of shape {shape}"
+    channels_first = shape[-3] in (1, 3, 4) and shape[-1] not in (1, 3, 4)
+    channels = shape[-3] if channels_first else shape[-1]
+    return None if channels == 3 else f"frames with {channels} channels (shape {shape})"
+
+
 class LongVUVideoProcessorKwargs(VideosKwargs, total=False):
     r"""
     dino_size (`dict[str, int]`, *optional*, defaults to `{"height": 378, "width": 378}`):
@@ -60,7 +100,7 @@ class LongVUVideoProcessorKwargs(VideosKwargs, total=False):
     dino_image_mean (`list[float]`, *optional*, defaults to the ImageNet mean):
         DINOv2's normalisation mean; `int(255 * mean)` is also its padding colour.
     dino_image_std (`list[float]`, *optional*, defaults to the ImageNet std):
-        DINOv2's normalisation std (used only with `do_rescale=True, do_normalize=True`).
+        DINOv2's normalisation std (used with `do_normalize=True`).
     default_fps (`float`, *optional*, defaults to 1.0):
         Sampling rate used when neither `fps` nor `num_frames` is given (the reference's 1 frame per second).
     max_frames (`int`, *optional*):
@@ -216,8 +256,8 @@ class LongVUVideoProcessor(BaseVideoProcessor):
     Outputs for videos (frames of all videos concatenated, Qwen2-VL style):
 
     - `pixel_values_videos`: (total frames, 3, 384, 384) uint8, or float32 rescaled and normalised with
-      `do_rescale=True, do_normalize=True` (the model normalises uint8 pixels itself and takes float ones as they are,
-      so the processor refuses one flag without the other);
+      `do_rescale=True, do_normalize=True` (the model normalises uint8 pixels itself and takes float ones as they are;
+      one flag without the other gives float32 pixels with that step alone, which the model cannot take);
     - `pixel_values_videos_dino`: (total frames, 3, 378, 378), same dtype;
     - `video_num_frames`: (num videos,) int64, the frames of each video;
     - `video_sizes`: (num videos, 2) int64, (height, width) of each source video;
@@ -335,15 +375,6 @@ class LongVUVideoProcessor(BaseVideoProcessor):
                 raise ValueError(f"`{name}` must be a square {{'height': S, 'width': S}}, got {side}")
         if not kwargs["decode_batch_size"] or kwargs["decode_batch_size"] < 1:
             raise ValueError(f"`decode_batch_size` must be a positive integer, got {kwargs['decode_batch_size']}")
-        if bool(kwargs["do_rescale"]) != bool(kwargs["do_normalize"]):
-            # Pixels are always 0..255 here; the model normalises uint8 pixels itself and takes float pixels as
-            # already rescaled and normalised, so a float output with only one of the two steps would be misread.
-            raise ValueError(
-                f"`do_rescale={kwargs['do_rescale']}` with `do_normalize={kwargs['do_normalize']}` is not supported: "
-                "LongVU's model normalises uint8 pixels itself and takes float pixels as already rescaled and "
-                "normalised. Pass `do_rescale=True, do_normalize=True` for float32 pixels normalised as the model "
-                "expects, or leave both False (the default) for uint8 pixels."
-            )
         return kwargs
 
     def _encoder_targets(self, kwargs: dict) -> list[tuple[tuple[int, int, int], int]]:
@@ -389,6 +420,10 @@ class LongVUVideoProcessor(BaseVideoProcessor):
     def preprocess(self, videos: Any, **kwargs: Unpack[LongVUVideoProcessorKwargs]) -> BatchFeature:
         """Decodes, samples and preprocesses a video or a batch of videos (see the class docstring for the outputs)."""
         kwargs = self._resolve_kwargs(kwargs)
+        do_convert_rgb, do_resize, do_pad = kwargs["do_convert_rgb"], kwargs["do_resize"], kwargs["do_pad"]
+        do_rescale, do_normalize = kwargs["do_rescale"], kwargs["do_normalize"]
+        if not do_convert_rgb:
+            self._refuse_non_rgb(videos)
         sources = self._open_sources(videos, kwargs)
 
         frame_indices = []
@@ -413,7 +448,10 @@ class LongVUVideoProcessor(BaseVideoProcessor):
 
         # Outputs are allocated once, at their final size, and filled as frames arrive: no concatenation copies.
         total_frames = sum(len(indices) for indices in frame_indices)
-        outputs = self._allocate_outputs(total_frames, kwargs)
+        frame_size = None if do_resize else self._common_frame_size([source.frame_size for source in sources])
+        outputs = self._allocate_outputs(
+            total_frames, kwargs, do_resize=do_resize, do_pad=do_pad, frame_size=frame_size
+        )
         offset = 0
         for source, indices in zip(sources, frame_indices):
             batches = source.iter_frames(indices, kwargs["decode_batch_size"])
@@ -424,7 +462,7 @@ class LongVUVideoProcessor(BaseVideoProcessor):
             callback = self.__dict__.get("_frame_progress_callback")
             if callback is not None:
                 batches = _reporting_progress(batches, callback)
-            self._fill_outputs(batches, outputs, offset, kwargs)
+            self._fill_outputs(batches, outputs, offset, kwargs, do_resize=do_resize, do_pad=do_pad)
             offset += len(indices)
 
         data = {
@@ -433,7 +471,9 @@ class LongVUVideoProcessor(BaseVideoProcessor):
             "video_num_frames": torch.tensor([len(indices) for indices in frame_indices], dtype=torch.long),
             "video_sizes": torch.tensor([source.frame_size for source in sources], dtype=torch.long),
         }
-        data = self._maybe_normalize(data, ("pixel_values_videos", "pixel_values_videos_dino"), kwargs)
+        data = self._maybe_normalize(
+            data, ("pixel_values_videos", "pixel_values_videos_dino"), kwargs, do_rescale, do_normalize
+        )
         if kwargs["return_metadata"]:
             metadata = []
             for source, indices in zip(sources, frame_indices):
@@ -471,16 +511,77 @@ class LongVUVideoProcessor(BaseVideoProcessor):
             sources.append(open_frame_source(video, kwargs["video_backend"], video_metadata, name=name, policy=policy))
         return sources
 
-    def _allocate_outputs(self, total_frames: int, kwargs: dict) -> list[torch.Tensor]:
-        device = kwargs.get("device") if kwargs["resize_backend"] == "torch" else None
-        return [
-            torch.empty((total_frames, 3, side, side), dtype=torch.uint8, device=device)
-            for _, side in self._encoder_targets(kwargs)
-        ]
+    @staticmethod
+    def _refuse_non_rgb(frames: Any) -> None:
+        """`do_convert_rgb=False`: frames are not converted, and LongVU's encoders take RGB, so other frames are
+        refused."""
+        found = _first_non_rgb_frame(frames)
+        if found is not None:
+            raise ValueError(
+                f"`do_convert_rgb=False` but the input holds {found}: LongVU's encoders take 3-channel RGB frames; "
+                "pass `do_convert_rgb=True` (the default) to convert them."
+            )
 
-    def _fill_outputs(self, batches: Iterator[FrameBatch], outputs: list[torch.Tensor], offset: int, kwargs) -> None:
+    @staticmethod
+    def _common_frame_size(frame_sizes: list[tuple[int, int]]) -> tuple[int, int]:
+        """`do_resize=False` keeps each frame's size, so all frames of a call must share one (they are stacked)."""
+        sizes = sorted(set(frame_sizes))
+        if len(sizes) != 1:
+            raise ValueError(
+                f"`do_resize=False` keeps each frame's size, so the frames of one call must share one; got (height, "
+                f"width) sizes {sizes}. Pass `do_resize=True` (the default) or one size of frames per call."
+            )
+        return sizes[0]
+
+    def _allocate_outputs(
+        self,
+        total_frames: int,
+        kwargs: dict,
+        do_resize: bool | None = None,
+        do_pad: bool | None = None,
+        frame_size: tuple[int, int] | None = None,
+    ) -> list[torch.Tensor]:
+        """Both encoders' uint8 outputs: `size`/`dino_size` squares, or with `do_resize=False` the frames' own
+        `frame_size` (a square of its longer side with `do_pad`). Flags left None are the call's `kwargs`."""
+        do_resize = kwargs["do_resize"] if do_resize is None else do_resize
+        do_pad = kwargs["do_pad"] if do_pad is None else do_pad
+        device = kwargs.get("device") if kwargs["resize_backend"] == "torch" else None
+        if do_resize:
+            shapes = [(side, side) for _, side in self._encoder_targets(kwargs)]
+        elif frame_size is None:
+            raise ValueError("`do_resize=False` needs the frames' size to allocate the outputs")
+        else:
+            height, width = frame_size
+            shapes = [(max(height, width),) * 2 if do_pad else (height, width)] * 2
+        return [torch.empty((total_frames, 3, *shape), dtype=torch.uint8, device=device) for shape in shapes]
+
+    def _fill_outputs(
+        self,
+        batches: Iterator[FrameBatch],
+        outputs: list[torch.Tensor],
+        offset: int,
+        kwargs,
+        do_resize: bool | None = None,
+        do_pad: bool | None = None,
+    ) -> None:
+        """Pads and resizes each frame for both encoders into `outputs` (from `offset`); flags left None are the
+        call's `kwargs`."""
         targets = self._encoder_targets(kwargs)
-        do_pad = bool(kwargs["do_pad"])
+        do_resize = bool(kwargs["do_resize"] if do_resize is None else do_resize)
+        do_pad = bool(kwargs["do_pad"] if do_pad is None else do_pad)
+        if not do_resize:  # frames keep their size: only padded to a square (each encoder's colour) with `do_pad`
+            for batch in batches:
+                for slot, frame in batch:
+                    for output, (fill, _) in zip(outputs, targets):
+                        canvas = np.asarray(expand_to_square(Image.fromarray(frame), fill)) if do_pad else frame
+                        if canvas.shape[:2] != tuple(output.shape[-2:]):  # a folder of images of several sizes
+                            raise ValueError(
+                                f"`do_resize=False` keeps each frame's size, so the frames of one call must share "
+                                f"one; a frame of (height, width) {tuple(frame.shape[:2])} differs from the first. "
+                                "Pass `do_resize=True` (the default) or one size of frames per call."
+                            )
+                        output[offset + slot] = torch.from_numpy(np.ascontiguousarray(canvas.transpose(2, 0, 1)))
+            return
         if kwargs["resize_backend"] == "pil":
             resample = int(kwargs["resample"]) if kwargs["resample"] is not None else int(PILImageResampling.BICUBIC)
             output_arrays = [output.numpy() for output in outputs]  # CPU uint8: write through numpy views
@@ -517,21 +618,41 @@ class LongVUVideoProcessor(BaseVideoProcessor):
                 for output, (fill, side) in zip(outputs, targets):
                     output[slots] = pad_and_resize_torch(frames, fill, side, do_pad=do_pad).to(output.device)
 
-    def _maybe_normalize(self, data: dict, keys: Sequence[str], kwargs: dict) -> dict:
-        """Moves the pixels to `device` if one was given, and with `do_rescale` and `do_normalize` (checked together
-        in `_resolve_kwargs`) makes them float32 and normalised, with the very arithmetic the model applies to uint8
-        pixels: `(pixels * rescale_factor - mean) / std`. By default they stay uint8."""
+    def _maybe_normalize(
+        self,
+        data: dict,
+        keys: Sequence[str],
+        kwargs: dict,
+        do_rescale: bool | None = None,
+        do_normalize: bool | None = None,
+    ) -> dict:
+        """Moves the pixels to `device` if one was given; `do_rescale` makes them float32 times `rescale_factor`,
+        `do_normalize` float32 `(pixels - mean) / std`. Both together are the very arithmetic the model applies to
+        uint8 pixels, `(pixels * rescale_factor - mean) / std`; by default they stay uint8. Flags left None are the
+        call's `kwargs`."""
+        do_rescale = kwargs["do_rescale"] if do_rescale is None else do_rescale
+        do_normalize = kwargs["do_normalize"] if do_normalize is None else do_normalize
         if kwargs.get("device") is not None:
             for key in keys:
                 data[key] = data[key].to(kwargs["device"])
-        if not (kwargs["do_rescale"] and kwargs["do_normalize"]):
+        if not (do_rescale or do_normalize):
             return data
+        if bool(do_rescale) != bool(do_normalize):
+            logger.warning_once(
+                f"`do_rescale={do_rescale}` with `do_normalize={do_normalize}` gives float32 pixels with that step "
+                "alone, which LongVU's model cannot take (it normalises uint8 pixels itself and reads float pixels as "
+                "already rescaled and normalised): pass both, or neither for uint8 pixels, for model inputs."
+            )
         stats = [(kwargs["image_mean"], kwargs["image_std"]), (kwargs["dino_image_mean"], kwargs["dino_image_std"])]
         for key, (mean, std) in zip(keys, stats):
-            values = data[key].float() * float(kwargs["rescale_factor"])
-            mean_t = torch.tensor(mean, dtype=values.dtype, device=values.device).view(1, -1, 1, 1)
-            std_t = torch.tensor(std, dtype=values.dtype, device=values.device).view(1, -1, 1, 1)
-            data[key] = (values - mean_t) / std_t
+            values = data[key].float()
+            if do_rescale:
+                values = values * float(kwargs["rescale_factor"])
+            if do_normalize:
+                mean_t = torch.tensor(mean, dtype=values.dtype, device=values.device).view(1, -1, 1, 1)
+                std_t = torch.tensor(std, dtype=values.dtype, device=values.device).view(1, -1, 1, 1)
+                values = (values - mean_t) / std_t
+            data[key] = values
         return data
 
     # -- images ------------------------------------------------------------------------------------------------------
@@ -554,6 +675,8 @@ class LongVUVideoProcessor(BaseVideoProcessor):
         # Sampling and decoding options mean nothing for images.
         kwargs = {key: value for key, value in kwargs.items() if key in self.valid_kwargs.__annotations__}
         kwargs = self._resolve_kwargs(kwargs)
+        if not kwargs["do_convert_rgb"]:
+            self._refuse_non_rgb(images)
         if isinstance(images, str) or (isinstance(images, (list, tuple)) and images and isinstance(images[0], str)):
             images = self.fetch_images(images)
         flat = make_flat_list_of_images(images) if not isinstance(images, (list, tuple)) or images else []
@@ -561,7 +684,8 @@ class LongVUVideoProcessor(BaseVideoProcessor):
         if not flat:
             raise ValueError("No image was given.")
         frames = [to_uint8_hwc(image) for image in flat]
-        outputs = self._allocate_outputs(len(frames), kwargs)
+        frame_size = None if kwargs["do_resize"] else self._common_frame_size([f.shape[:2] for f in frames])
+        outputs = self._allocate_outputs(len(frames), kwargs, frame_size=frame_size)
         batch = list(enumerate(frames))
         self._fill_outputs(iter([batch]), outputs, 0, kwargs)
         data = {
