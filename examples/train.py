@@ -15,6 +15,7 @@ import sys
 import torch.distributed as dist
 
 import longvu_hf  # noqa: F401  (registers LongVU with the Auto classes)
+from longvu_hf.training.collator import TooManySkippedSamples
 from longvu_hf.training.model_setup import qlora_quantization_config
 from longvu_hf.training.recipe import build_trainer, parse_config, train
 
@@ -38,11 +39,15 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         fail(error)
     try:
-        # Loading the model and checking the data before the first step: bad input stops here, nothing is written.
+        # Loading the model and checking the data (the files, an output_dir holding a model, at least one sample to
+        # train on) before the first step: bad input stops here, nothing is written.
         trainer = build_trainer(model_args, data_args, training_args)
     except (ValueError, OSError) as error:  # OSError: also what from_pretrained raises for an unknown Hub id
         fail(error)
-    train(model_args, data_args, training_args, trainer=trainer)
+    try:
+        train(model_args, data_args, training_args, trainer=trainer)
+    except TooManySkippedSamples as error:  # the data went bad mid-run (a wrong media_root for a later part)
+        fail(error)
     if dist.is_available() and dist.is_initialized():
         # Tear the process group down before interpreter exit: leaving it to destructors can abort a rank at exit
         # ("terminate called without an active exception") after the run itself succeeded.

@@ -780,3 +780,115 @@ def test_missing_media_stops_before_training(workspace, tmp_path):
     from longvu_hf.training.recipe import build_trainer
 
     assert build_trainer(model_args, data_args, training_args).train_dataset.num_rows == 8
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    """examples/train.py as a module: its `main` runs in this process (no interpreter start-up per case)."""
+    spec = importlib.util.spec_from_file_location("longvu_example_train_main", REPO / "examples" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stops_with_one_line(train_script, capsys, argv: list[str]) -> str:
+    """`train.py ARGV` exits with status 2 and one `train.py: error:` line, no traceback; returns that line."""
+    with pytest.raises(SystemExit) as stopped:
+        train_script.main([str(arg) for arg in argv])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert "Traceback" not in err and "DatasetGenerationError" not in err, err[-2000:]
+    assert lines[-1].startswith("train.py: error: "), lines
+    return lines[-1]
+
+
+MALFORMED_DATA = {
+    # name: (file name, content, what the line says)
+    "truncated-json": ("cut.json", '[{"id": "a", "conversations": [', "cut.json: not valid JSON"),
+    "bad-jsonl-line": ("bad.jsonl", json.dumps({"id": "a", "conversations": conversation("")}) + "\n{oops\n",
+                       "bad.jsonl, line 2: not valid JSON"),
+    "empty-file": ("empty.json", "", "empty.json: not valid JSON"),
+    "no-records": ("none.json", "[]", "none.json holds no records"),
+    "not-utf8": ("latin.jsonl", b"\xff\xfe{}\n", "latin.jsonl: not UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED_DATA))
+def test_malformed_data_files_are_one_line(workspace, train_script, capsys, tmp_path, case):
+    name, content, expected = MALFORMED_DATA[case]
+    data = tmp_path / name
+    data.write_bytes(content if isinstance(content, bytes) else content.encode())
+    output = tmp_path / "never_written"
+    config = write_config(tmp_path / "run.json", model_name_or_path=str(workspace.stage1_init), data_files=[str(data)],
+                          media_root=str(workspace.media), output_dir=str(output), max_steps=1,
+                          dataset_cache_dir=str(tmp_path / "cache"))
+    line = _stops_with_one_line(train_script, capsys, [config])
+    assert expected in line and str(tmp_path) in line, line
+    assert not output.exists()
+
+
+BAD_CONFIGS = {
+    "yaml-syntax": ("model_name_or_path: m\ndata_files: [d.json\n", "not valid YAML at line 3"),
+    "wrong-type": ("model_name_or_path: m\ndata_files: 5\n", "option data_files must be list[str] | None, got 5 (int)"),
+    "path-a-list": ("model_name_or_path: [m]\ndata_files: [d.json]\n", "option model_name_or_path must be str | None"),
+    "not-a-number": ("model_name_or_path: m\ndata_files: [d.json]\nlearning_rate: fast\n",
+                     "invalid float value: 'fast'"),
+    "overrides-not-json": ("model_name_or_path: m\ndata_files: [d.json]\nmodel_config_overrides: '{num_queries'\n",
+                           "model_config_overrides is not a valid JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_bad_configs_are_one_line(train_script, capsys, tmp_path, case):
+    text, expected = BAD_CONFIGS[case]
+    config = tmp_path / "run.yaml"
+    config.write_text(text)
+    assert expected in _stops_with_one_line(train_script, capsys, [config, "--output_dir", tmp_path / "out"])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("case", ["all-too-long", "all-media-broken"])
+def test_a_run_with_nothing_to_train_on_stops_before_training(workspace, train_script, capsys, tmp_path, case):
+    if case == "all-too-long":
+        records = [{"id": f"l{i}", "image": "photo.png", "conversations": conversation("<image>")} for i in range(4)]
+        options, expected = ["--max_length", "5"], "none of the 4 training samples can be trained on: 4 too long"
+    else:
+        records = [{"id": f"b{i}", "video": "corrupt.mp4", "conversations": conversation("<video>")} for i in range(3)]
+        options, expected = [], "none of the 3 training samples can be trained on: 3 media"
+    data = write_json(tmp_path / "data.json", records)
+    output = tmp_path / "never_written"
+    config = write_config(tmp_path / "run.json", model_name_or_path=str(workspace.stage1_init), data_files=[str(data)],
+                          media_root=str(workspace.media), output_dir=str(output), max_steps=1)
+    assert expected in _stops_with_one_line(train_script, capsys, [config, *options])
+    assert not output.exists()
+
+
+def test_an_output_dir_holding_a_model_is_refused_unless_overwrite(workspace, train_script, capsys, tmp_path):
+    import shutil
+
+    start = tmp_path / "start"
+    shutil.copytree(workspace.stage1_init, start)
+    weights = start / "model.safetensors"
+    before = weights.read_bytes()
+    config = write_config(tmp_path / "run.json", model_name_or_path=str(start), data_files=[str(workspace.images)],
+                          media_root=str(workspace.media), output_dir=str(start), max_steps=1)
+    line = _stops_with_one_line(train_script, capsys, [config])
+    assert "is the folder of model_name_or_path" in line and "--overwrite" in line
+    earlier = tmp_path / "earlier_run"
+    earlier.mkdir()
+    (earlier / "model.safetensors").write_bytes(b"a model")
+    line = _stops_with_one_line(train_script, capsys, [config, "--output_dir", earlier])
+    assert "already holds a saved model" in line and "model.safetensors" in line
+    assert (earlier / "model.safetensors").read_bytes() == b"a model" and weights.read_bytes() == before
+    # A folder of checkpoints only (an interrupted run) is not a saved model: resuming into it stays possible.
+    (earlier / "model.safetensors").unlink()
+    (earlier / "checkpoint-2").mkdir()
+    (earlier / "checkpoint-2" / "model.safetensors").write_bytes(b"a checkpoint")
+    from longvu_hf.training.recipe import check_output_dir
+
+    check_output_dir(*[parse_config(config, ["--output_dir", str(earlier)])[i] for i in (0, 2)])
+    # Asked for explicitly: the run trains into its own starting folder and replaces the weights.
+    train_script.main([str(config), "--overwrite"])
+    assert weights.read_bytes() != before
+    LongVUForConditionalGeneration.from_pretrained(start)

@@ -54,6 +54,10 @@ class SampleSkipped(Exception):
     """Raised while encoding a sample that must be left out of the batch (the reason is logged and counted)."""
 
 
+class TooManySkippedSamples(RuntimeError):
+    """`max_consecutive_skips` samples in a row could not be used: a wrong `media_root` or data file, not bad files."""
+
+
 @dataclass
 class LongVUDataCollator:
     """Turns rows of `load_conversation_dataset` into LongVU model inputs, decoding media on the fly.
@@ -239,7 +243,7 @@ class LongVUDataCollator:
         self.skipped.append({"sample_id": row.get("sample_id", ""), "media_path": row.get("media_path", ""), "reason": reason})
         logger.warning("Skipping training sample %r: %s", row.get("sample_id", ""), reason)
         if self._consecutive_skips >= self.max_consecutive_skips:
-            raise RuntimeError(
+            raise TooManySkippedSamples(
                 f"{self._consecutive_skips} training samples in a row could not be used (last: {reason}). Check "
                 f"`media_root` ({self.media_root!r}) and the media paths of the data file."
             )
@@ -292,4 +296,5 @@ class LongVUDataCollator:
         return batch
 
 
-__all__ = ["IGNORE_INDEX", "LABEL_MODES", "LongVUDataCollator", "SKIPPED_SAMPLES_KEY"]
+__all__ = ["IGNORE_INDEX", "LABEL_MODES", "LongVUDataCollator", "SKIPPED_SAMPLES_KEY", "SampleSkipped",
+           "TooManySkippedSamples"]

@@ -16,9 +16,11 @@ into a skipped, counted sample.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -147,7 +149,14 @@ def load_conversation_dataset(
             raise FileNotFoundError(f"training data file not found: {path}")
         if not str(path).endswith((".json", ".jsonl")):
             raise ValueError(f"training data must be .json or .jsonl, got {path}")
-    raw = datasets.load_dataset("json", data_files=[str(p) for p in files], split="train", cache_dir=cache_dir)
+    try:
+        raw = datasets.load_dataset("json", data_files=[str(p) for p in files], split="train", cache_dir=cache_dir)
+    except OSError:
+        raise
+    except Exception as error:  # datasets wraps parse errors (DatasetGenerationError); an empty file is StopIteration
+        raise ValueError(data_file_problem(files, error)) from None
+    if raw.num_rows == 0:
+        raise ValueError(f"training data {_named(files)} holds no records")
 
     def normalize(record: dict, index: int) -> dict:
         try:
@@ -162,6 +171,51 @@ def load_conversation_dataset(
         num_proc=num_proc,
         desc="Normalising conversations",
     )
+
+
+def _named(files: Sequence) -> str:
+    return str(files[0]) if len(files) == 1 else str([str(f) for f in files])
+
+
+def data_file_problem(files: Sequence[str | os.PathLike], error: BaseException) -> str:
+    """One line saying which data file `datasets` could not read and where: each file is parsed again with the
+    standard library (only after a failure), so that the message names the file and the line rather than an Arrow
+    reader's position."""
+    for path in files:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError as bad:
+            return f"training data file {path}: not UTF-8 text ({bad})"
+        problem = _json_problem(text, as_lines=str(path).endswith(".jsonl"))
+        if problem is not None:
+            return f"training data file {path}{problem}"
+    cause = error
+    while cause.__cause__ is not None or cause.__context__ is not None:  # the reader's own reason, not the wrapper
+        cause = cause.__cause__ or cause.__context__
+    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    return f"training data {_named(files)} cannot be read as records ({type(cause).__name__}: {reason})"
+
+
+def _json_problem(text: str, as_lines: bool) -> str | None:
+    """What is wrong with one data file's text (", line N: ..." or " holds no records"), or None. A `.json` file may
+    hold one JSON document or JSON lines (`datasets` reads both)."""
+    if not as_lines:
+        try:
+            return None if json.loads(text) else " holds no records"
+        except RecursionError:
+            return ": not valid JSON (nested too deeply)"
+        except ValueError as bad:
+            whole = f": not valid JSON ({bad})"
+        return whole if _json_problem(text, as_lines=True) is not None else None
+    records = 0
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except (ValueError, RecursionError) as bad:
+                return f", line {number}: not valid JSON ({bad})"
+            records += 1
+    return None if records else " holds no records"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -8,9 +8,14 @@ A run is described by one YAML file whose keys are the fields of `ModelArguments
 from __future__ import annotations
 
 import copy
+import dataclasses
+import enum
 import json
 import logging
 import os
+import types
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +26,7 @@ from ..modeling import LongVUForConditionalGeneration
 from ..modeling.compression import max_text_length
 from ..processing import LongVUProcessor, LongVUVideoProcessor
 from ..transformers_compat import training_arguments_for_installed_release
-from .collator import LABEL_MODES, LongVUDataCollator
+from .collator import LABEL_MODES, LongVUDataCollator, SampleSkipped
 from .data import load_conversation_dataset, resolve_media_path
 from .model_setup import (
     LLM_LORA_TARGET_MODULES,
@@ -95,6 +100,13 @@ class ModelArguments:
         default=True, metadata={"help": "After LoRA/QLoRA training, also write the merged model to OUTPUT_DIR/merged."}
     )
     new_parameter_seed: int = field(default=0, metadata={"help": "Seed of the stage-2 window position embeddings."})
+    overwrite: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace the model already saved in output_dir (or train into the folder of the model the run "
+            "starts from); without it such an output_dir is refused before anything is loaded."
+        },
+    )
 
     @property
     def from_parts(self) -> bool:
@@ -114,7 +126,14 @@ class ModelArguments:
         if self.model_dtype not in DTYPES:
             raise ValueError(f"model_dtype must be one of {sorted(DTYPES)}, got {self.model_dtype!r}")
         if isinstance(self.model_config_overrides, str):
-            self.model_config_overrides = json.loads(self.model_config_overrides)
+            try:
+                self.model_config_overrides = json.loads(self.model_config_overrides)
+            except ValueError as error:
+                raise ValueError(f"model_config_overrides is not a valid JSON object ({error})") from None
+        if not isinstance(self.model_config_overrides, (dict, type(None))):
+            raise ValueError(
+                f"model_config_overrides must map config fields to values, got {self.model_config_overrides!r}"
+            )
         self.model_config_overrides = dict(self.model_config_overrides or {})
 
 
@@ -173,16 +192,31 @@ def parse_config(
 
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"training config not found: {config_path}")
-    with open(config_path) as handle:
-        values = yaml.safe_load(handle) or {}
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle) or {}
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{config_path}: not UTF-8 text ({error})") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"{config_path}: not valid YAML{at} ({problem})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{config_path} must be a mapping of option names to values")
     values = training_arguments_for_installed_release(values)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    classes = (ModelArguments, DataArguments, TrainingArguments)
+    parser = HfArgumentParser(classes)
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{config_path}: unknown option(s) {unknown}")
+    check_option_types(values, classes, str(config_path))
+
+    def one_line_error(message: str):  # argparse would print the whole usage block (100+ options) first
+        raise ValueError(f"{message} (in {config_path} or on the command line)")
+
+    parser.error = one_line_error
     parser.set_defaults(**values)
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=cli_args or [])
     if not model_args.model_name_or_path and not model_args.text_model_name_or_path:
@@ -192,6 +226,54 @@ def parse_config(
     if not data_args.data_files:
         raise ValueError(f"{config_path}: `data_files` is required")
     return model_args, data_args, training_args
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value can stand for a field of type `annotation`. Strings always can: argparse converts them
+    with the field's own type (and says so when it cannot). Types not known here are let through."""
+    if isinstance(value, str) or annotation is Any:
+        return True
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, argument) for argument in arguments)
+    if origin is typing.Literal:
+        return value in arguments
+    if annotation is type(None):
+        return value is None
+    if annotation is str:
+        return False  # (strings returned above)
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is list or origin is list:
+        return isinstance(value, list) and all(_fits(item, arguments[0]) for item in value if arguments)
+    if annotation is dict or origin is dict:
+        return isinstance(value, dict)
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return False  # not a string: never a member's value here
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if typing.get_origin(annotation) is None else None
+    return text or str(annotation).replace("typing.", "")
+
+
+def check_option_types(values: dict, classes: Sequence[type], source: str) -> None:
+    """A config value of the wrong type (`data_files: 5`, `learning_rate: [1]`) is a ValueError naming the option,
+    instead of a TypeError deep in the run."""
+    for cls in classes:
+        hints = typing.get_type_hints(cls)
+        for option in dataclasses.fields(cls):
+            if option.name in values and option.name in hints and not _fits(values[option.name], hints[option.name]):
+                value = values[option.name]
+                raise ValueError(
+                    f"{source}: option {option.name} must be {_type_name(hints[option.name])}, got {value!r} "
+                    f"({type(value).__name__})"
+                )
 
 
 MODEL_PATH_ARGUMENTS = (
@@ -218,6 +300,72 @@ def check_paths(model_args: ModelArguments, data_args: DataArguments) -> None:
             )
     if data_args.media_root is not None and not os.path.isdir(data_args.media_root):
         raise FileNotFoundError(f"media_root {data_args.media_root}: no such folder")
+
+
+# What `save_pretrained` and peft's `save_pretrained` write at the top of a folder: any of them means a saved model.
+SAVED_MODEL_FILES = (
+    "config.json", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+    "pytorch_model.bin.index.json", "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin",
+)
+
+
+def check_output_dir(model_args: ModelArguments, training_args: TrainingArguments) -> None:
+    """Before anything is loaded: an `output_dir` that already holds a saved model, or that is the folder of a model
+    the run starts from, is refused unless `overwrite` is set (as `longvu convert --overwrite`). Checkpoint folders
+    inside it (`checkpoint-N`) do not count: resuming into the run's own folder is the normal case."""
+    output = training_args.output_dir
+    if output is None or not os.path.exists(output):
+        return
+    if not os.path.isdir(output):
+        raise ValueError(f"output_dir {output}: exists and is not a folder")
+    if model_args.overwrite:
+        return
+    for name in MODEL_PATH_ARGUMENTS:
+        source = getattr(model_args, name, None)
+        if source and os.path.isdir(os.path.expanduser(source)) and os.path.samefile(os.path.expanduser(source), output):
+            raise ValueError(
+                f"output_dir {output} is the folder of {name}: training would replace the model it starts from; "
+                "choose another output_dir, or pass --overwrite to replace it"
+            )
+    folders = [output]
+    if model_args.finetuning != "full" and model_args.save_merged_model:
+        folders.append(os.path.join(output, "merged"))
+    for folder in folders:
+        held = [name for name in SAVED_MODEL_FILES if os.path.isfile(os.path.join(folder, name))]
+        if held:
+            raise ValueError(
+                f"output_dir {output} already holds a saved model ({os.path.join(folder, held[0])}); choose another "
+                "output_dir, or pass --overwrite to replace it"
+            )
+
+
+def check_trainable_samples(dataset, collator: LongVUDataCollator) -> None:
+    """Stop before training (nothing is written) when no sample would be trained on: every one too long for
+    `max_length`, with nothing to learn, or with media that cannot be decoded. Samples are read in order until the
+    first one the collator keeps (usually the first: this costs one sample's decoding); after
+    `collator.max_consecutive_skips` media failures without a usable sample the run stops, as the collator would."""
+    reasons: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    media_failures = 0
+    for index in range(len(dataset)):
+        try:
+            collator.encode(dataset[index])
+            return
+        except SampleSkipped as skipped:
+            reason = str(skipped)
+            kind = "too long" if "exceeds max_length" in reason else "nothing to learn" if "no supervised" in reason \
+                else "media"
+            reasons[kind] = reasons.get(kind, 0) + 1
+            examples.setdefault(kind, reason)
+            media_failures += kind == "media"
+        if media_failures >= collator.max_consecutive_skips:
+            raise ValueError(
+                f"the media of the first {media_failures} training samples with media could not be used (the first: "
+                f"{examples['media']}); check media_root ({collator.media_root!r}) and the data files"
+            )
+    counts = "; ".join(f"{count} {kind} (e.g. {examples[kind]})" for kind, count in reasons.items())
+    hint = " Raise max_length or shorten the samples." if "too long" in reasons else ""
+    raise ValueError(f"none of the {len(dataset)} training samples can be trained on: {counts}.{hint}")
 
 
 def check_media_files(dataset, media_root: str | None, max_missing_share: float) -> None:
@@ -313,6 +461,7 @@ def build_trainer(
         # The collator needs the raw columns (paths, turns); Trainer would drop them as unknown to `forward`.
         training_args.remove_unused_columns = False
     check_paths(model_args, data_args)
+    check_output_dir(model_args, training_args)
     apply_global_batch_size(training_args, data_args.global_batch_size)
     set_seed(training_args.seed)  # new weights (aggregator, projector, window position embeddings) are reproducible
     processor = build_processor(model_args)
@@ -340,6 +489,7 @@ def build_trainer(
         label_mode=data_args.label_mode,
         max_length=max_length,
     )
+    check_trainable_samples(dataset, collator)
     return LongVUTrainer(
         model=model,
         args=training_args,
