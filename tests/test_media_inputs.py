@@ -367,6 +367,41 @@ def test_a_slow_drip_stops_at_the_deadline(server, private_tmp, route):
     assert server.dripped[0] < 50, server.dripped
 
 
+def test_a_stalled_tls_handshake_stops_at_the_deadline(monkeypatch):
+    # A "server" that answers the TLS client hello with a record announcing 16,000 bytes, then sends one byte every
+    # 0.1 s: every read gets data in time, only the deadline for the whole download ends it.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    monkeypatch.setattr(media_inputs, "_ADMITTED_FOR_TESTS", frozenset({("127.0.0.1", port)}))
+    sent, done = [], threading.Event()
+
+    def serve():
+        connection, _ = listener.accept()
+        count, end = 0, time.monotonic() + DRIP_SECONDS
+        try:
+            connection.recv(4096)  # the client hello
+            connection.sendall(b"\x16\x03\x03\x3e\x80")
+            while time.monotonic() < end:
+                connection.sendall(b"\x02")
+                count += 1
+                time.sleep(0.1)
+        except OSError:
+            pass
+        finally:
+            sent.append(count)
+            connection.close()
+            done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        with pytest.raises(InputRefused, match="the download took longer than 1 s"):
+            resolve_media(f"https://127.0.0.1:{port}/clip.mp4", InputPolicy.public_page(download_timeout=1.0))
+        assert done.wait(DRIP_SECONDS + 5)
+        assert sent[0] < 50, sent
+    finally:
+        listener.close()
+
+
 @pytest.mark.parametrize("announced", [True, False], ids=["content-length", "no-content-length"])
 def test_an_oversized_download_is_refused(server, private_tmp, announced):
     policy = InputPolicy.public_page(max_bytes=1024 * 1024)
@@ -532,6 +567,21 @@ def test_fps_and_frame_bombs_are_refused_before_decoding(tmp_path):
         check_decode_bounds(source, InputPolicy.public_page(max_seconds=5), fps=1.0)
     with pytest.raises(InputRefused, match="32x18 pixels are over the limit of 500 pixels"):
         check_decode_bounds(source, InputPolicy.public_page(max_pixels=500), fps=1.0)
+    # Under a policy with caps, the frames are counted (not taken from the header), and counting stops once the
+    # video is known to be too long.
+    counted = resolve_media(make_video(tmp_path / "long.mkv", fps=25, num_frames=250, width=32, height=18),
+                            InputPolicy.public_page(), upload=True)
+    assert (counted.num_frames, counted.duration) == (250, 10.0)
+    short_policy = InputPolicy.public_page(max_seconds=2)
+    too_long = resolve_media(long_clip, short_policy, upload=True)
+    assert 50 < too_long.num_frames < 250
+    with pytest.raises(InputRefused, match="over the limit of 2 s"):
+        check_decode_bounds(too_long, short_policy, fps=1.0)
+    # A source rate no camera writes, where the fps is capped.
+    fast = resolve_media(make_video(tmp_path / "fast.mp4", fps=300, num_frames=30, width=32, height=18),
+                         InputPolicy.local_user())
+    with pytest.raises(InputRefused, match="frame rate of 300 fps is over the limit of 240"):
+        check_decode_bounds(fast, public, fps=1.0)
     for fps in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(InputRefused, match="fps must be a positive number"):
             check_decode_bounds(source, InputPolicy.local_user(), fps=fps)

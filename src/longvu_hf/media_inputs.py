@@ -52,6 +52,9 @@ from pathlib import Path
 from typing import Any
 
 MAX_REDIRECTS = 5
+# Where a policy caps the fps, sources above this rate are refused: no camera video needs more, and a rate made up
+# in a header would otherwise let a short "duration" hide a huge number of frames.
+MAX_SOURCE_FPS = 240.0
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # FFmpeg demuxers of plain, self-contained video containers. Whatever is not here (hls, concat, image2, dash, sdp,
 # rtp, tee, subfile, data, tty, cdg, ...) is refused: several of them open further inputs named inside the file.
@@ -209,7 +212,7 @@ def resolve_media(
         temp_dir, path = _private_file(work_dir, "")
         try:
             path.write_bytes(data)
-            return _checked_video(path, name, temporary=True, temp_dir=temp_dir)
+            return _checked_video(path, name, policy, temporary=True, temp_dir=temp_dir)
         except BaseException:
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise
@@ -236,7 +239,7 @@ def resolve_media(
         temp_dir, path = _private_file(work_dir, _url_suffix(text))
         try:
             _download(text, path, policy, name)
-            return _checked_video(path, name, temporary=True, temp_dir=temp_dir)
+            return _checked_video(path, name, policy, temporary=True, temp_dir=temp_dir)
         except BaseException:
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise
@@ -258,7 +261,7 @@ def _resolve_local(path: Path, name: str, policy: InputPolicy, upload: bool) -> 
     size = path.stat().st_size
     if cap is not None and size > cap:
         raise InputRefused(f"Video {_quote(name)} refused: {_size(size)}, over the {_size(cap)} limit")
-    return _checked_video(path, name, temporary=False, temp_dir=None)
+    return _checked_video(path, name, policy, temporary=False, temp_dir=None)
 
 
 def _frame_folder(path: Path, name: str, cap: int | None) -> MediaSource:
@@ -288,14 +291,18 @@ def _natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def _checked_video(path: Path, name: str, temporary: bool, temp_dir: str | None) -> MediaSource:
-    """Sniffs the first bytes, then opens the container with the allow-lists and reads its header."""
+def _checked_video(
+    path: Path, name: str, policy: InputPolicy, temporary: bool, temp_dir: str | None
+) -> MediaSource:
+    """Sniffs the first bytes, then opens the container with the allow-lists and reads its header; under a policy
+    that bounds frames or seconds, the frames are counted (a header can lie about the length)."""
     with open(path, "rb") as handle:
         head = handle.read(4096)
     reason = sniff_not_video(head)
     if reason is not None:
         raise InputRefused(f"Could not open video {_quote(name)}: not a video ({reason})")
-    info = probe_video(path, name)
+    bounded = policy.max_frames is not None or policy.max_seconds is not None
+    info = probe_video(path, name, count_frames=bounded, max_seconds=policy.max_seconds)
     return MediaSource(path=path, display_name=name, kind="video", temporary=temporary, _temp_dir=temp_dir, **info)
 
 
@@ -390,9 +397,14 @@ def open_container(source: str | os.PathLike | Any, label: str):
     return container
 
 
-def probe_video(path: str | os.PathLike, name: str) -> dict:
-    """Container format, duration, average fps, frame count and frame size from the header (`open_container`);
-    when the header gives neither duration nor frame count, the packets are counted (demuxing, no decoding)."""
+def probe_video(
+    path: str | os.PathLike, name: str, count_frames: bool = False, max_seconds: float | None = None
+) -> dict:
+    """Container format, duration, average fps, frame count and frame size, from the header (`open_container`).
+
+    With `count_frames` (or when the header gives neither duration nor frame count) the video packets are counted
+    (demuxing, no decoding) and the duration is `frames / fps`, as the decoders compute it; counting stops once the
+    count passes `max_seconds` of video."""
     import av
 
     with open_container(path, _quote(name)) as container:
@@ -409,11 +421,17 @@ def probe_video(path: str | os.PathLike, name: str) -> dict:
             duration = container.duration / av.time_base
         if not duration and frames and fps:
             duration = frames / fps
-        if not duration and not frames:
+        if count_frames or (not duration and not frames):
+            limit = math.inf if max_seconds is None or not fps else max_seconds * fps + 1
+            frames = 0
             try:
-                frames = sum(1 for packet in container.demux(stream) if packet.size)
+                for packet in container.demux(stream):
+                    frames += bool(packet.size)
+                    if frames > limit:
+                        break  # already too long: the exact count does not matter
             except av.error.FFmpegError:
-                frames = None  # the decoder reports the damage with its own message
+                pass  # the decoder reports the damage with its own message
+            frames = frames or None
             if frames and fps:
                 duration = frames / fps
         codec = stream.codec_context
@@ -449,6 +467,9 @@ def check_decode_bounds(
             raise InputRefused(f"Video {name}: fps must be a positive number, got {fps!r}")
         if policy.max_fps is not None and fps > policy.max_fps:
             raise InputRefused(f"Video {name} refused: fps={fps:g} is over the limit of {policy.max_fps:g}")
+    if policy.max_fps is not None and source.average_fps and source.average_fps > MAX_SOURCE_FPS:
+        raise InputRefused(f"Video {name} refused: its frame rate of {source.average_fps:g} fps is over the limit of "
+                           f"{MAX_SOURCE_FPS:g}")
     if policy.max_pixels is not None and source.width and source.height:
         if source.width * source.height > policy.max_pixels:
             raise InputRefused(f"Video {name} refused: frames of {source.width}x{source.height} pixels are over "
@@ -585,7 +606,8 @@ class _Deadline:
     @staticmethod
     def _shutdown(sock: socket.socket) -> None:
         try:
-            sock.shutdown(socket.SHUT_RDWR)
+            # The plain socket's shutdown, also for a TLS socket (whose own shutdown drops its TLS state).
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
         except OSError:
             pass
 
@@ -606,7 +628,10 @@ class _PinnedConnection(http.client.HTTPConnection):
         sock = socket.create_connection((self._address, self.port), timeout=max(self._deadline.remaining(), 0.001))
         self._deadline.watch(sock)
         if self._tls:
-            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host,
+                                                            do_handshake_on_connect=False)
+            self._deadline.watch(sock)  # the TLS socket now owns the connection: the deadline must reach it
+            sock.do_handshake()
         self.sock = sock
 
 
@@ -648,6 +673,7 @@ def _fetch_once(url: str, target: Path, policy: InputPolicy, name: str, deadline
     last_error: BaseException | None = None
     for address in addresses:
         connection = _PinnedConnection(host, port, address, tls, deadline)
+        response = None
         try:
             connection.request("GET", request_target, headers={
                 "User-Agent": "longvu-hf", "Accept": "video/*, application/octet-stream;q=0.9, */*;q=0.1",
@@ -663,7 +689,7 @@ def _fetch_once(url: str, target: Path, policy: InputPolicy, name: str, deadline
                 raise InputRefused(f"Could not download video {_quote(name)}: the server answered HTTP "
                                    f"{response.status} {response.reason}".rstrip())
             content_type = (response.getheader("Content-Type") or "").split(";")[0].strip().lower()
-            if content_type.startswith(_NOT_VIDEO_TYPES):
+            if content_type.startswith(_NOT_VIDEO_TYPES) and content_type != "image/gif":
                 raise InputRefused(f"Could not open video {_quote(name)}: not a video (the server sent "
                                    f"{content_type})")
             _copy_body(response, target, policy, name, deadline)
@@ -675,6 +701,9 @@ def _fetch_once(url: str, target: Path, policy: InputPolicy, name: str, deadline
                 raise timed_out from None
             last_error = error
         finally:
+            deadline.watch(None)  # before the socket closes: its number may be reused
+            if response is not None:
+                response.close()  # the response holds the socket open after http.client's own close
             connection.close()
     reason = type(last_error).__name__ + (f": {last_error}" if str(last_error) else "")
     raise InputRefused(f"Could not download video {_quote(name)}: {reason}")
