@@ -431,6 +431,12 @@ def test_network_and_local_paths_can_be_turned_off(clip, tmp_path, monkeypatch):
         resolve_media(clip, InputPolicy.public_page(max_bytes=1024), upload=True)
 
 
+def test_an_empty_input_is_no_video():
+    for value in ("", "  ", b""):
+        with pytest.raises(InputRefused, match="No video was given|the file is empty"):
+            resolve_media(value, InputPolicy.local_user())
+
+
 def test_bytes_and_frame_folders(clip, tmp_path, private_tmp):
     with resolve_media(clip.read_bytes(), InputPolicy.public_page()) as source:
         assert (source.kind, source.temporary, source.num_frames, source.width, source.height) == (

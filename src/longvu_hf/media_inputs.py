@@ -221,6 +221,8 @@ def resolve_media(
     text = os.fspath(value)
     if isinstance(text, bytes):
         text = os.fsdecode(text)
+    if not text.strip():
+        raise InputRefused("No video was given (an empty path or URL)")
     scheme = _SCHEME.match(text) if isinstance(value, str) else None
     if scheme is not None and scheme.group(1).lower() not in ("http", "https"):
         if policy.allow_local_paths and os.path.exists(text):
@@ -463,7 +465,11 @@ def check_decode_bounds(
     """
     name = _quote(source.display_name)
     if fps is not None:
-        if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        try:
+            fps = float(fps)  # numpy and torch scalars too
+        except (TypeError, ValueError):
+            raise InputRefused(f"Video {name}: fps must be a positive number, got {fps!r}") from None
+        if not (math.isfinite(fps) and fps > 0):
             raise InputRefused(f"Video {name}: fps must be a positive number, got {fps!r}")
         if policy.max_fps is not None and fps > policy.max_fps:
             raise InputRefused(f"Video {name} refused: fps={fps:g} is over the limit of {policy.max_fps:g}")
