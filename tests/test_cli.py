@@ -448,14 +448,16 @@ def test_several_questions_encode_the_video_once(model_dir, video, loaded, monke
     together = run_cli("ask", video, *questions, "--model", model_dir, "--max-new-tokens", "4", "--quiet")
     assert together.returncode == 0, together.stderr
     assert together.stdout.strip().splitlines() == [f"[{i}] {answer}" for i, answer in enumerate(alone, start=1)]
-    # in process: the towers run once for both questions
+    # in process: the video is streamed into the towers once for both questions, never encoded from pixels
     model, _ = loaded
     calls = []
     monkeypatch.setattr(cli.commands, "_load_for", lambda args: (model, loaded[1], "tiny"))
-    original = type(model.model).encode_video
-    monkeypatch.setattr(type(model.model), "encode_video", lambda *a, **k: calls.append(1) or original(*a, **k))
+    for name in ("encode_video", "encode_video_stream"):
+        original = getattr(type(model.model), name)
+        monkeypatch.setattr(type(model.model), name,
+                            lambda *a, _name=name, _original=original, **k: calls.append(_name) or _original(*a, **k))
     assert cli.main(["ask", str(video), *questions, "--max-new-tokens", "2", "--quiet"]) == 0
-    assert len(calls) == 1
+    assert calls == ["encode_video_stream"]
 
 
 def test_chat_reads_questions_from_stdin(model_dir, video):

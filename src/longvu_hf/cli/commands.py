@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from .models import default_model, load_model_and_processor, pick_device, pick_d
 from .pipeline import (
     check_output_paths,
     check_video,
-    encode_once,
+    encode_video_file,
     prepare_inputs,
     print_summary,
     question_inputs,
@@ -46,18 +47,13 @@ def cmd_ask(args) -> int:
 
 def _ask(args, video: MediaSource, questions: list[str]) -> int:
     model, processor, _ = _load_for(args)
-    inputs, _ = prepare_inputs(
-        processor, video, questions[0], args.fps, args.max_frames, args.quiet, num_frames=args.num_frames
-    )
-    if len(questions) == 1:
-        compression, _, budget = run_model(model, processor, inputs, args, args.quiet)
-        print_summary(compression, args.quiet, args.fps, budget)
-        return EXIT_OK
-    features = encode_once(model, inputs, args, args.quiet)  # decoded and encoded once for every question
+    # Streamed into the towers a chunk at a time, encoded once for every question.
+    features = encode_video_file(model, processor, video, args, args.quiet)
     for number, question in enumerate(questions, start=1):
-        if not args.quiet:
-            print(f"longvu: question {number}/{len(questions)}: {question}", file=sys.stderr)
-        print(f"[{number}] ", end="", flush=True)
+        if len(questions) > 1:
+            if not args.quiet:
+                print(f"longvu: question {number}/{len(questions)}: {question}", file=sys.stderr)
+            print(f"[{number}] ", end="", flush=True)
         compression, _, budget = run_model(
             model, processor, question_inputs(processor, question), args, args.quiet, video_features=features
         )
@@ -76,20 +72,31 @@ def cmd_chat(args) -> int:
 def _chat(args, video: MediaSource) -> int:
     model, processor, _ = _load_for(args)
     interactive = sys.stdin.isatty()
-    inputs, _ = prepare_inputs(processor, video, "", args.fps, args.max_frames, args.quiet, num_frames=args.num_frames)
-    features = encode_once(model, inputs, args, args.quiet)
+    features = encode_video_file(model, processor, video, args, args.quiet)
     if interactive and not args.quiet:
         print("longvu chat: the video is encoded; ask away (an empty line or Ctrl-D ends).", file=sys.stderr)
+    for question in stdin_questions():
+        compression, _, budget = run_model(
+            model, processor, question_inputs(processor, question), args, args.quiet, video_features=features
+        )
+        print_summary(compression, args.quiet, args.fps, budget)
+    return EXIT_OK
+
+
+def stdin_questions() -> Iterator[str]:
+    """The questions of `longvu chat`: one per line of stdin, to the end of input. At an interactive prompt an empty
+    line also ends (as the prompt says); piped blank lines are skipped, so a file of questions is read to its end."""
+    interactive = sys.stdin.isatty()
     while True:
         if interactive:
             print("? ", end="", file=sys.stderr, flush=True)
         line = sys.stdin.readline()
-        if not line or not line.strip():
-            return EXIT_OK
-        compression, _, budget = run_model(
-            model, processor, question_inputs(processor, line.strip()), args, args.quiet, video_features=features
-        )
-        print_summary(compression, args.quiet, args.fps, budget)
+        if not line:  # end of input (Ctrl-D)
+            return
+        if line.strip():
+            yield line.strip()
+        elif interactive:
+            return
 
 
 def write_report(

@@ -146,11 +146,29 @@ def call_settings(model, args):
     ]
 
 
-def encode_once(model, inputs, args, quiet: bool):
-    """The video's towers and aggregator, once, for all the questions (`LongVUModel.encode_videos`)."""
-    pixel_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-    with encoding_progress(model, int(inputs["video_num_frames"].sum()), quiet):
-        return model.encode_videos(**pixel_inputs, compression_settings=call_settings(model, args))
+def encode_video_file(model, processor, video: MediaSource, args, quiet: bool):
+    """The video's towers and aggregator, once, for all the questions, streamed: frames are decoded a chunk at a time
+    and encoded as they arrive (`iter_video_chunks` + `LongVUModel.encode_video_stream`), so host memory does not
+    grow with the video's length. The features equal `encode_videos` on the processor's whole output."""
+    policy = InputPolicy.local_user()
+    fps, max_frames, num_frames = args.fps, args.max_frames, args.num_frames
+    try:  # the policy's bounds, before any frame is decoded
+        check_decode_bounds(video, policy, fps=fps, num_frames=num_frames)
+    except InputRefused as error:
+        raise CLIError(str(error)) from None
+    options = {name: value for name, value in (("fps", fps), ("max_frames", max_frames), ("num_frames", num_frames))
+               if value is not None}
+    video_processor = processor.video_processor
+    try:
+        chunks = video_processor.iter_video_chunks(str(video.path), **options)
+        with decoding_progress(video_processor, chunks.num_frames, quiet), \
+                encoding_progress(model, chunks.num_frames, quiet):
+            return model.encode_video_stream(chunks, compression_settings=call_settings(model, args))
+    except (ValueError, OSError, RuntimeError) as error:
+        # Messages name the video as the user gave it, not the temporary file of a download.
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].replace(str(video.path),
+                                                                                          video.display_name)
+        raise CLIError(f"video {video.display_name}: cannot be read ({reason[:300]})") from None
 
 
 def run_model(
@@ -158,7 +176,7 @@ def run_model(
 ) -> tuple[dict, str | None, dict]:
     """Encode (and answer, if `generate`) under the call's token budget (passed to the model as this call's
     `compression_settings`); returns the model's compression report of the video, the answer, and the budget used.
-    With `video_features` (from `encode_once`), `inputs` need only the prompt: the video is not encoded again."""
+    With `video_features` (from `encode_video_file`), `inputs` need only the prompt: the video is not encoded again."""
     import torch
 
     num_placeholders = int((inputs["input_ids"] == model.config.video_token_id).sum())
