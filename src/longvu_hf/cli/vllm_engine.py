@@ -92,6 +92,8 @@ def ask_with_vllm(args) -> int:
 
 def chat_with_vllm(args) -> int:
     """`longvu chat --engine vllm VIDEO`: questions from stdin, one per line, about the video encoded once."""
+    from .commands import stdin_questions  # (commands imports this module)
+
     with check_video(args.video) as source:
         engine = start_engine(args)
         settings = _settings(engine, args)
@@ -99,12 +101,6 @@ def chat_with_vllm(args) -> int:
     interactive = sys.stdin.isatty()
     if interactive and not args.quiet:
         print("longvu chat: the video is encoded; ask away (an empty line or Ctrl-D ends).", file=sys.stderr)
-    number = 1
-    while True:
-        if interactive:
-            print("? ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line or not line.strip():
-            return EXIT_OK
-        _answer(engine, features, [line.strip()], args, settings, first_number=number, numbered=False)
-        number += 1
+    for number, question in enumerate(stdin_questions(), start=1):
+        _answer(engine, features, [question], args, settings, first_number=number, numbered=False)
+    return EXIT_OK

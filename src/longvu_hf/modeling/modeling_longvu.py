@@ -71,16 +71,44 @@ _ACCEPTED_FLOAT_PIXELS = (torch.float32, torch.float16, torch.bfloat16)
 
 def check_pixel_values(pixels: torch.Tensor, name: str) -> None:
     """Pixels come as the processor returns them: uint8 0..255 (normalised on the model's device) or float32/16/bf16
-    already normalised. Anything else would be read wrongly without a word, so it is refused."""
+    already normalised. Anything else would be read wrongly without a word, so it is refused.
+
+    Floats scaled to 0..1 (neither) are only warned about: normalised pixels of frames with no pixel darker than
+    about mid-gray also lie within 0..1, so no rule on the values can refuse 0..1 floats without refusing some real
+    normalised input. Real normalised videos almost always hold negative values (every dark pixel is one)."""
     expected = "uint8 (0..255, normalised by the model) or float32/float16/bfloat16 already normalised"
+    if not isinstance(pixels, torch.Tensor):
+        dtype = getattr(pixels, "dtype", None)
+        raise ValueError(
+            f"`{name}` is a {type(pixels).__module__}.{type(pixels).__name__}"
+            + (f" of dtype {dtype}" if dtype is not None else "")
+            + f", not a torch tensor; expected {expected} (`torch.from_numpy(...)`, or the processor with "
+            "return_tensors=\"pt\")"
+        )
     if pixels.dtype == torch.uint8:
         return
     if pixels.dtype not in _ACCEPTED_FLOAT_PIXELS:
         raise ValueError(f"`{name}` has dtype {pixels.dtype}; expected {expected}")
-    if pixels.numel() and float(pixels.detach().abs().amax()) > _NORMALISED_PIXEL_LIMIT:
+    if not pixels.numel():
+        return
+    low, high = (float(v) for v in torch.aminmax(pixels.detach()))
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"`{name}` holds NaN or infinite values; expected {expected}")
+    if max(abs(low), abs(high)) > _NORMALISED_PIXEL_LIMIT:
         raise ValueError(
-            f"`{name}` holds float values up to {float(pixels.detach().abs().amax()):.0f}, which look like raw 0..255 "
+            f"`{name}` holds float values up to {max(abs(low), abs(high)):.0f}, which look like raw 0..255 "
             f"pixels; expected {expected} (the processor returns uint8)"
+        )
+    if 0.0 <= low and high <= 1.0:
+        import warnings
+
+        # One message per input name: Python shows a warning once per place and text.
+        warnings.warn(
+            f"`{name}` holds floats all within 0..1: pixels scaled to 0..1 are read as normalised values and give "
+            f"wrong answers; pass {expected}. (Normalised frames with no pixel darker than mid-gray also lie within "
+            "0..1: then ignore this.)",
+            UserWarning,
+            stacklevel=3,
         )
 
 
@@ -355,9 +383,9 @@ class LongVUModel(LongVUPreTrainedModel):
         return pixels.to(dtype)
 
     def _check_pixels(self, pixels: torch.Tensor, size: int, name: str):
+        check_pixel_values(pixels, name)  # first: it also refuses what is not a tensor (a numpy array)
         if pixels.ndim != 4 or pixels.shape[1] != 3 or pixels.shape[-2:] != (size, size):
             raise ValueError(f"`{name}` must have shape (frames, 3, {size}, {size}), got {tuple(pixels.shape)}")
-        check_pixel_values(pixels, name)
 
     def siglip_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """SigLIP features of the last encoder layer (before `post_layernorm`), resized to the 24x24 grid."""
