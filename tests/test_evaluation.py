@@ -632,10 +632,11 @@ def test_questions_on_one_video_share_its_encoding(tmp_path, checkpoint, monkeyp
     processor = AutoProcessor.from_pretrained(checkpoint)
     predictor = VideoQAPredictor(model, processor, get_protocol("videomme", "strict"), subtitles=True)
     calls = []
-    encode = model.encode_videos
-    monkeypatch.setattr(model, "encode_videos", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    for name in ("encode_videos", "encode_video_stream"):  # video files are streamed into the towers
+        encode = getattr(model, name)
+        monkeypatch.setattr(model, name, lambda *a, _name=name, _encode=encode, **k: calls.append(_name) or _encode(*a, **k))
     shared = [predictor(row) for row in dataset]
-    assert len(calls) == len(set(dataset["video"])) < len(dataset)
+    assert calls == ["encode_video_stream"] * len(set(dataset["video"])) and len(calls) < len(dataset)
     fresh = []
     for row in dataset:
         predictor._encoded = None  # forget the previous video's encoding

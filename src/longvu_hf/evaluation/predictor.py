@@ -143,13 +143,22 @@ class VideoQAPredictor:
             inputs, with_subtitles = self.prepare_inputs(row, with_video=False)
         else:
             self._encoded = None
-            inputs, with_subtitles = self.prepare_inputs(row)
-            pixels = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-            with torch.inference_mode():
-                features = self.model.encode_videos(**pixels, compression_settings=self.compression_settings)
-            self._encoded = (key, features)
-            inputs = {k: inputs[k] for k in ("input_ids", "attention_mask")}
+            inputs, with_subtitles = self.prepare_inputs(row, with_video=False)
+            self._encoded = (key, self.encode_video(row))
         return {**inputs, "video_features": self._encoded[1]}, with_subtitles
+
+    @torch.inference_mode()
+    def encode_video(self, row: dict):
+        """The video's towers and aggregator (`LongVUVideoFeatures`). A video file is streamed: decoded a chunk at a
+        time and encoded as the chunks arrive (`iter_video_chunks` + `encode_video_stream`), so host memory does not
+        grow with the video; a folder of frames is loaded as the protocol samples it, then encoded."""
+        video, video_kwargs = self._video(row)
+        video_processor = self.processor.video_processor
+        if isinstance(video, MediaSource):
+            chunks = video_processor.iter_video_chunks(str(video.path), **video_kwargs)
+            return self.model.encode_video_stream(chunks, compression_settings=self.compression_settings)
+        pixels = video_processor(videos=[video], return_tensors="pt", **video_kwargs)
+        return self.model.encode_videos(**pixels, compression_settings=self.compression_settings)
 
     @torch.inference_mode()
     def generate(self, inputs) -> tuple[str, dict]:
