@@ -1,4 +1,8 @@
-"""Encode a video once, ask it many questions: `encode_videos` + `video_features=` equal the pixel path."""
+"""Encode a video once, ask it many questions: `encode_videos` + `video_features=` equal the pixel path.
+
+The videos are made of scenes (`tiny_model.scene_video_inputs`) so that DINOv2 selection really drops frames where a
+case says it selects: reusing features then has to pick the aggregator rows of the right frames.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +12,38 @@ import pytest
 import torch
 
 from longvu_hf import LongVUVideoFeatures
+from longvu_hf.modeling.video_features import model_fingerprint
 
-from tiny_model import TINY_VIDEO_TOKEN_ID as V, make_tiny_model, random_video_inputs
+from tiny_model import (
+    TINY_VIDEO_TOKEN_ID as V,
+    assert_decision,
+    make_tiny_model,
+    predict_kept_frames,
+    random_video_inputs,
+    scene_video_inputs,
+)
 
-# (frames, duplicate runs, prompt length, max_context_length): which compression path each reaches is asserted below.
+A16 = "A" * 16  # a whole DINOv2 window of one scene: selection keeps its middle frame only
+# video (frames, or scenes for `scene_video_inputs`), prompt length, max_context_length, and what the prompts of the
+# case must reach (path, whether selection ran) for prompt lengths (length, 2, length + 7)
 CASES = {
-    "none": (3, 1, 3, 1024),  # few frames, all at full resolution
-    "mix": (12, 1, 3, 1024),  # low resolution for all, the query upgrades some
-    "stc": (40, 2, 3, 500),  # selection runs, then STC with truncation
-    "selection-by-prompt": (10, 2, 40, 760),  # a long prompt triggers selection that a short one does not
+    "none": (3, 3, 1024, {("none", False)}),  # few frames, all at full resolution
+    "mix": (12, 3, 1024, {("mix", False)}),  # low resolution for all, the query upgrades some
+    # every prompt selects (9 of 24 frames kept), then STC with truncation; the features hold the kept frames only
+    "stc": (A16 + "BCDEFGHI", 3, 500, {("stc", True)}),
+    # a 10-frame video selection reduces to frames 5 and 9: a 40-token prompt leaves room for all 10 frames (no
+    # selection), a 47-token one does not; one encoding, which holds every frame, serves both
+    "selection-by-prompt": ("AAAAAAAAAB", 40, 760, {("mix", False), ("none", True)}),
 }
 
 
 def prompt(length: int, seed: int) -> torch.Tensor:
     words = torch.randint(5, 100, (length,), generator=torch.Generator().manual_seed(seed))
     return torch.cat([words[:1], torch.tensor([V]), words[1:]]).unsqueeze(0)
+
+
+def video(spec, seed: int = 0) -> dict:
+    return random_video_inputs(spec, seed=seed) if isinstance(spec, int) else scene_video_inputs(spec, 36, 64, seed)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +53,8 @@ def model():
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_features_answer_like_the_pixels(model, case):
-    frames, runs, length, context = CASES[case]
-    pixels = random_video_inputs(frames, duplicate_runs=runs)
+    spec, length, context, expected_paths = CASES[case]
+    pixels = video(spec)
     settings = {"max_context_length": context}
     features = model.encode_videos(**pixels, compression_settings=settings)
     paths = set()
@@ -42,35 +63,81 @@ def test_features_answer_like_the_pixels(model, case):
         with torch.no_grad():
             from_pixels = model(input_ids=ids, **pixels, compression_settings=settings)
             from_features = model(input_ids=ids, video_features=features, compression_settings=settings)
-        assert from_features.compression[0] == from_pixels.compression[0]
+        report = from_pixels.compression[0]
+        assert from_features.compression[0] == report
         torch.testing.assert_close(from_features.logits, from_pixels.logits, rtol=1e-4, atol=1e-5)
         greedy_pixels = model.generate(input_ids=ids, **pixels, max_new_tokens=4, do_sample=False,
                                        compression_settings=settings)
         greedy_features = model.generate(input_ids=ids, video_features=features, max_new_tokens=4, do_sample=False,
                                          compression_settings=settings)
         assert torch.equal(greedy_features, greedy_pixels)
-        paths.add((from_pixels.compression[0]["path"], from_pixels.compression[0]["frame_selection_ran"]))
-    expected_paths = {
-        "none": {("none", False)}, "mix": {("mix", False)}, "stc": {("stc", True)},
-        "selection-by-prompt": {p for p in paths},
-    }[case]
+        paths.add((report["path"], report["frame_selection_ran"]))
+        if report["frame_selection_ran"]:  # the data really drops frames (checked against the scenes, not the code)
+            assert_decision(report, spec, "drops", model.config, context - ids.shape[1] - 16)
     assert paths == expected_paths
-    if case == "selection-by-prompt":
-        assert {ran for _, ran in paths} == {True, False}, paths  # both outcomes served by one encoding
 
 
 def test_the_frame_cap_path():
-    # More survivors than the cap: the cap (uniform) applies to the encoded frames as to the pixels.
+    # Selection drops frames and more survive than the cap (uniform): the cap applies to the encoded frames as to the
+    # pixels.
     settings = {"max_context_length": 300}
     capped = make_tiny_model(max_frames_after_selection=6, dino_window_size=4)
-    pixels = random_video_inputs(24)
+    scenes = "AAAA BCDE FGHI JJJJ KLMN"
+    pixels = scene_video_inputs(scenes, 36, 64)
     features = capped.encode_videos(**pixels, compression_settings=settings)
     ids = prompt(3, 0)
     with torch.no_grad():
         a = capped(input_ids=ids, **pixels, compression_settings=settings)
         b = capped(input_ids=ids, video_features=features, compression_settings=settings)
-    assert len(a.compression[0]["kept_frame_indices"]) == 6 and a.compression[0] == b.compression[0]
+    assert_decision(a.compression[0], scenes, "cap", capped.config, 300 - 3 - 16)
+    assert a.compression[0] == b.compression[0]
     torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-5)
+
+
+IDENTITY_MODULES = ("vision_tower", "dino_tower", "vision_aggregator")  # what encoded features come from
+
+
+@pytest.mark.parametrize("module", IDENTITY_MODULES)
+@pytest.mark.parametrize("which", ["first", "last", "largest"])
+def test_the_fingerprint_covers_every_tower_and_the_aggregator(model, module, which):
+    # One value of one module changes (the first value of its first parameter, or the last value of its last or of
+    # its largest parameter): features encoded before are stale, so the fingerprint must change.
+    parameters = list(getattr(model.model, module).parameters())
+    parameter = {"first": parameters[0], "last": parameters[-1],
+                 "largest": max(parameters, key=lambda p: p.numel())}[which]
+    assert which != "largest" or parameter.numel() > 1000  # far past the first values
+    position = 0 if which == "first" else parameter.numel() - 1
+    before = model_fingerprint(model.model)
+    saved = parameter.detach().clone()
+    try:
+        with torch.no_grad():
+            parameter.view(-1)[position] += 0.5
+        assert model_fingerprint(model.model) != before
+    finally:
+        with torch.no_grad():
+            parameter.copy_(saved)
+    assert model_fingerprint(model.model) == before
+
+
+def test_the_fingerprint_ignores_what_features_do_not_depend_on(model):
+    # The projector, the newline embedding and the language model act after the aggregator; per-call settings are
+    # checked on their own. Changing them keeps features usable, with the changed model's answers.
+    pixels = random_video_inputs(3, seed=4)
+    features = model.encode_videos(**pixels)
+    changed = make_tiny_model(seed=1, dino_threshold=0.5, stc_threshold=0.6, max_context_length=2048, context_margin=8)
+    for name in ("vision_tower", "dino_tower", "vision_aggregator"):
+        getattr(changed.model, name).load_state_dict(getattr(model.model, name).state_dict())
+    changed.config.dino_threshold = model.config.dino_threshold  # the call's threshold must match the encoding's
+    assert model_fingerprint(changed.model) == features.fingerprint
+    ids = prompt(3, 0)
+    settings = {"max_context_length": 1024, "context_margin": 16}
+    with torch.no_grad():
+        reused = changed(input_ids=ids, video_features=features, compression_settings=settings)
+        reference = changed(input_ids=ids, **pixels, compression_settings=settings)
+    torch.testing.assert_close(reused.logits, reference.logits, rtol=1e-4, atol=1e-5)
+    # what selection depends on is part of the identity
+    for field, value in (("dino_window_size", 8), ("max_frames_after_selection", 100), ("num_queries", 576)):
+        assert model_fingerprint(make_tiny_model(**{field: value}).model) != features.fingerprint, field
 
 
 def test_a_batch_mixing_encoded_and_new_videos(model):
@@ -130,7 +197,8 @@ def test_save_load_and_refusals(model, tmp_path):
 )
 def test_live_video_answers_like_the_frames_so_far(model, chunk, context):
     settings = {"max_context_length": context}
-    pixels = random_video_inputs(40, duplicate_runs=3, seed=chunk)
+    scenes = A16 + "B" * 14 + "CD" + "EFGHIJKL"  # selection keeps frames 8, 24, 30, 31, 32..39
+    pixels = scene_video_inputs(scenes, 36, 64, seed=chunk)
     live = model.start_live_video(tuple(pixels["video_sizes"][0].tolist()), compression_settings=settings)
     with pytest.raises(ValueError, match="No frame has arrived yet"):
         live.features()
@@ -150,10 +218,14 @@ def test_live_video_answers_like_the_frames_so_far(model, chunk, context):
             from_live = model(input_ids=ids, video_features=live.features(), compression_settings=settings)
         assert from_live.compression[0] == one_shot.compression[0], stop
         torch.testing.assert_close(from_live.logits, one_shot.logits, rtol=1e-4, atol=1e-5)
+        if one_shot.compression[0]["frame_selection_ran"] and stop > 1:
+            assert_decision(one_shot.compression[0], scenes[:stop], "drops", model.config, context - 3 - 16)
         checked += 1
     assert checked >= 2
     if context == 300:  # memory: only the frames selection keeps are held once every prompt selects
-        assert len(live.kept) < 40 and live.largest_frame_budget < 40
+        assert live.largest_frame_budget < 40
+        # the two complete windows' kept frames; the last 8 frames are a window in progress, not encoded yet
+        assert sorted(live.kept) == predict_kept_frames(scenes[:32], 16, model.config.dino_threshold, 400)[1]
 
 
 def test_live_video_refuses_other_frames(model):

@@ -62,6 +62,10 @@ class LongVULiveVideo:
         """Add frames (`(frames, 3, 384, 384)` and `(frames, 3, 378, 378)`, uint8 or normalised float, as the video
         processor returns them for this video); complete windows are encoded at once. `video_sizes`, when given
         (the processor returns it), must be this video's size; other processor outputs are ignored."""
+        self._append(pixel_values_videos, pixel_values_videos_dino, video_sizes)
+
+    # The work of `append` and `features`, undecorated so that mutation testing (tests/mutation/) reaches it.
+    def _append(self, pixel_values_videos, pixel_values_videos_dino, video_sizes) -> None:
         if video_sizes is not None:
             size = tuple(int(v) for v in torch.as_tensor(video_sizes).flatten()[:2])
             if size != self.video_size:
@@ -115,6 +119,9 @@ class LongVULiveVideo:
     def features(self) -> LongVUVideoFeatures:
         """The video so far as `LongVUVideoFeatures` (the window in progress is scored as a shorter last window, as
         the one-shot path scores a video's last frames)."""
+        return self._features()
+
+    def _features(self) -> LongVUVideoFeatures:
         total = self.num_frames + len(self.pending_pixels)
         if total == 0:
             raise ValueError("No frame has arrived yet: append frames before asking")

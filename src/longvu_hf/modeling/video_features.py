@@ -259,7 +259,7 @@ class LongVUVideoFeatures(Sequence):
         return cls(videos, fingerprint=meta["fingerprint"], settings=meta["settings"]).to(device)
 
 
-# -- checks of saved (or about to be saved) features ----------------------------------------------------------------------
+# -- checks of saved (or about to be saved) features -----------------------------------------------------------------
 
 FORMAT_NAME = "longvu-video-features"
 _META_KEYS = ("format", "format_version", "fingerprint", "settings", "videos", "sha256")
@@ -327,7 +327,8 @@ def _check_settings(settings, where: str) -> None:
 
 def _check_indices(indices, field: str, num_frames: int) -> None:
     if not isinstance(indices, torch.Tensor) or indices.dtype != torch.int64 or indices.ndim != 1:
-        shown = f"{indices.dtype} of shape {tuple(indices.shape)}" if isinstance(indices, torch.Tensor) else _shown(indices)
+        is_tensor = isinstance(indices, torch.Tensor)
+        shown = f"{indices.dtype} of shape {tuple(indices.shape)}" if is_tensor else _shown(indices)
         raise ValueError(f"`{field}` must be a 1-D int64 tensor, got {shown}")
     if len(indices) == 0:
         raise ValueError(f"`{field}` is empty (at least one frame is always kept)")
@@ -394,7 +395,11 @@ def model_fingerprint(model) -> str:
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name in ("vision_tower", "dino_tower", "vision_aggregator"):
         for parameter_name, parameter in getattr(model, name).named_parameters():
-            sample = parameter.detach().flatten()[:256].float().cpu()
+            flat = parameter.detach().flatten()
+            # 256 values spread over the whole tensor (first and last included), not only its first rows
+            count = min(len(flat), 256)
+            picks = torch.arange(count, device=flat.device) * (len(flat) - 1) // max(count - 1, 1)
+            sample = flat[picks].float().cpu()
             digest.update(f"{name}.{parameter_name}:{tuple(parameter.shape)}:{parameter.dtype}".encode())
             digest.update(sample.numpy().tobytes())
     return digest.hexdigest()
