@@ -91,7 +91,8 @@ def test_a_long_video_saves_and_loads_field_for_field(model, long_and_short, sav
     # Selection keeps the candidates themselves as `selected_indices`: one tensor, which safetensors refused to write
     # twice ("Some tensors share memory") for every video past the threshold.
     long_inputs, short_inputs, features = long_and_short
-    assert features[0].selected_indices.untyped_storage().data_ptr() == features[0].candidate_indices.untyped_storage().data_ptr()
+    storage = [features[0].selected_indices.untyped_storage(), features[0].candidate_indices.untyped_storage()]
+    assert storage[0].data_ptr() == storage[1].data_ptr()
     loaded = LongVUVideoFeatures.load(saved)
     assert (loaded.fingerprint, loaded.settings, len(loaded)) == (features.fingerprint, features.settings, 2)
     for mine, theirs in zip(loaded, features):

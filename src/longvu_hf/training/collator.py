@@ -51,7 +51,12 @@ class EncodedSample:
 
 
 class SampleSkipped(Exception):
-    """Raised while encoding a sample that must be left out of the batch (the reason is logged and counted)."""
+    """Raised while encoding a sample that must be left out of the batch (the reason is logged and counted); `kind`
+    is "too long", "nothing to learn" or "media"."""
+
+    def __init__(self, reason: str, kind: str):
+        super().__init__(reason)
+        self.kind = kind
 
 
 class TooManySkippedSamples(RuntimeError):
@@ -229,13 +234,13 @@ class LongVUDataCollator:
         messages = self.build_messages(row)
         input_ids, labels = self.tokenize_with_labels(messages)
         if self.max_length is not None and len(input_ids) > self.max_length:
-            raise SampleSkipped(f"text of {len(input_ids)} tokens exceeds max_length={self.max_length}")
+            raise SampleSkipped(f"text of {len(input_ids)} tokens exceeds max_length={self.max_length}", "too long")
         if all(label == IGNORE_INDEX for label in labels):
-            raise SampleSkipped("no supervised token (empty answers)")
+            raise SampleSkipped("no supervised token (empty answers)", "nothing to learn")
         try:
             video, image = self._encode_media(row)
         except MediaError as error:
-            raise SampleSkipped(str(error)) from None
+            raise SampleSkipped(str(error), "media") from None
         return EncodedSample(input_ids, labels, video, image)
 
     def _skip(self, row: dict, reason: str) -> None:

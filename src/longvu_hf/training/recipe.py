@@ -322,7 +322,8 @@ def check_output_dir(model_args: ModelArguments, training_args: TrainingArgument
         return
     for name in MODEL_PATH_ARGUMENTS:
         source = getattr(model_args, name, None)
-        if source and os.path.isdir(os.path.expanduser(source)) and os.path.samefile(os.path.expanduser(source), output):
+        source = os.path.expanduser(source) if source else None
+        if source and os.path.isdir(source) and os.path.samefile(source, output):
             raise ValueError(
                 f"output_dir {output} is the folder of {name}: training would replace the model it starts from; "
                 "choose another output_dir, or pass --overwrite to replace it"
@@ -352,12 +353,9 @@ def check_trainable_samples(dataset, collator: LongVUDataCollator) -> None:
             collator.encode(dataset[index])
             return
         except SampleSkipped as skipped:
-            reason = str(skipped)
-            kind = "too long" if "exceeds max_length" in reason else "nothing to learn" if "no supervised" in reason \
-                else "media"
-            reasons[kind] = reasons.get(kind, 0) + 1
-            examples.setdefault(kind, reason)
-            media_failures += kind == "media"
+            reasons[skipped.kind] = reasons.get(skipped.kind, 0) + 1
+            examples.setdefault(skipped.kind, str(skipped))
+            media_failures += skipped.kind == "media"
         if media_failures >= collator.max_consecutive_skips:
             raise ValueError(
                 f"the media of the first {media_failures} training samples with media could not be used (the first: "
