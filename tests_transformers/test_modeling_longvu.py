@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import unittest
+from unittest import mock
 
 import torch
 from transformers.models.auto import modeling_auto
@@ -16,7 +17,7 @@ from transformers_release_tests.generation import test_utils as generation_test_
 from transformers_release_tests.test_configuration_common import ConfigTester
 from transformers_release_tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
 
-from longvu_hf import LongVUConfig, LongVUForConditionalGeneration, LongVUModel
+from longvu_hf import LongVUConfig, LongVUForConditionalGeneration, LongVUModel, LongVUPreTrainedModel
 
 GenerationTesterMixin = generation_test_utils.GenerationTesterMixin
 GENERATION_MIXIN_AVAILABLE = getattr(generation_test_utils, "GENERATION_MIXIN_AVAILABLE", True)
@@ -168,6 +169,14 @@ class LongVUModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase
         padding = sequences.new_zeros(sequences.shape[0], self.model_tester.expansion)
         expanded = dataclasses.replace(output, sequences=torch.cat([padding, sequences], dim=1))
         super()._check_generate_outputs(expanded, config, use_cache, num_return_sequences, num_beams)
+
+    def test_can_init_all_missing_weights(self):
+        # transformers' `_initialize_weights` treats every model outside the `transformers` package as custom code and
+        # then skips the modules that own no parameter themselves, so SigLIP's attention and MLP init (written on
+        # those modules) never runs on the meta-device path of an out-of-tree model. Checked as transformers checks an
+        # in-tree model: LongVU's `_init_weights`, with its towers', must cover every weight.
+        with mock.patch.object(LongVUPreTrainedModel, "is_custom_code", classmethod(lambda cls: False)):
+            super().test_can_init_all_missing_weights()
 
     def test_past_key_values_format(self):
         self.skipTest(
