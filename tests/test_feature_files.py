@@ -352,6 +352,10 @@ def test_geometry_only_the_model_knows_is_checked_at_use(model, saved):
     narrow = LongVUVideoFeatures.load(saved)
     with pytest.raises(ValueError, match=r"videos\[1\].sva holds torch.float32 values of \(144, 5\) per frame"):
         narrow.check_geometry(*geometry)
+    ids = torch.tensor([[5, config.video_token_id, 6]])
+    with pytest.raises(ValueError, match=r"videos\[0\].sva holds .* \(144, 5\)"):  # the model checks before use
+        model(input_ids=ids, video_features=LongVUVideoFeatures([narrow[1]], fingerprint=narrow.fingerprint,
+                                                                 settings=narrow.settings))
     rewrite(saved, edit_tensors=_tensor("1.sva", lambda t: t.half()))
     with pytest.raises(ValueError, match=r"videos\[1\].sva holds torch.float16"):
         LongVUVideoFeatures.load(saved).check_geometry(*geometry)

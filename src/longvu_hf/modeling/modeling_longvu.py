@@ -754,6 +754,10 @@ class LongVUModel(LongVUPreTrainedModel):
                 "`video_features` were encoded by another model (its config or its tower/aggregator weights differ): "
                 "encode the videos again with this model"
             )
+        # A features file checks itself on load; only the model knows the aggregator's output geometry.
+        video_features.check_geometry(
+            self.config.num_queries, self.config.aggregator_hidden_size, next(self.vision_aggregator.parameters()).dtype
+        )
         problems = settings_difference(video_features.settings, _encoding_settings(settings))
         if problems:
             raise ValueError(
