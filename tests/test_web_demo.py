@@ -801,3 +801,12 @@ def test_page_in_a_real_browser(tmp_path, monkeypatch):
         page.close()
         page.answerer.close()
     print(f"web demo: browser test {time.perf_counter() - started:.0f} s in all")
+
+
+def test_local_paths_keep_the_page_bounds(answerer):
+    # Paths on the server are the operator's files (no size cap), but whoever reaches the page asks for the work:
+    # frames, fps, seconds and pixels stay bounded as on the public page.
+    public = InputPolicy.public_page()
+    assert answerer.policy.allow_local_paths and answerer.policy.max_local_bytes is None
+    for bound in ("max_frames", "max_fps", "max_seconds", "max_pixels", "max_bytes", "download_timeout"):
+        assert getattr(answerer.policy, bound) == getattr(public, bound) is not None, bound

@@ -426,8 +426,8 @@ class VideoQuestionAnswerer:
     """The request logic of the page, without Gradio: resolve the video under the page's policy, bound its decoding,
     decode it (cached per conversation), encode, compress and stream the answer, and build the compression report.
 
-    `policy` defaults to `InputPolicy.public_page()` (no server paths, small caps), or `InputPolicy.local_user()` with
-    `allow_local_paths=True`; `max_video_seconds` sets its length limit. `max_request_seconds` bounds one request.
+    `policy` defaults to `InputPolicy.public_page()` (no server paths, small caps), with server paths of any size added
+    by `allow_local_paths=True` (the other caps stay); `max_video_seconds` sets its length limit. `max_request_seconds` bounds one request.
 
     Example:
 
@@ -460,7 +460,10 @@ class VideoQuestionAnswerer:
         self.model_name = model_name
         self.random_weights = has_random_weights(model) if random_weights is None else random_weights
         if policy is None:
-            policy = InputPolicy.local_user() if allow_local_paths else InputPolicy.public_page()
+            # Paths on this machine are the operator's own files (no size cap); frames, fps, seconds and pixels stay
+            # bounded as on any page, since whoever reaches it asks for the work.
+            policy = (InputPolicy.public_page(allow_local_paths=True, max_local_bytes=None) if allow_local_paths
+                      else InputPolicy.public_page())
         if max_video_seconds is not None:
             policy = dataclasses.replace(policy, max_seconds=float(max_video_seconds))
         self.policy = policy
@@ -1147,7 +1150,7 @@ def launch(
     (its `answerer` attribute holds the request logic).
 
     The page reads uploads and public http(s) URLs under `InputPolicy.public_page()` (or `policy`);
-    `allow_local_paths=True` adds paths on this machine (files and folders of frames, `InputPolicy.local_user()`),
+    `allow_local_paths=True` adds paths on this machine (files and folders of frames, the page's other caps kept),
     which is refused (`ValueError`) when other machines can reach the page (a non-loopback `host`, `share`) unless
     `allow_local_paths_on_network=True`. `max_video_seconds` refuses longer videos with a message in the page;
     `max_request_seconds` bounds one request (download, decoding, towers and answer); `max_queue_size` requests wait
