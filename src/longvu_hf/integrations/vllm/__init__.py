@@ -2,7 +2,9 @@
 
 - `register()`: the `vllm.general_plugins` entry point (setup.cfg). vLLM calls it in each of its processes; it makes
   `LongVUForConditionalGeneration` folders (converted checkpoints) loadable by vLLM (`model.LongVUForVLLM`).
-- `LongVUEngine` (`engine.py`): videos and questions in, answers and compression reports out, decoded by vLLM.
+- `LongVUEngine` (`engine.py`): videos and questions in, answers and compression reports out, decoded by vLLM;
+  `AsyncLongVUEngine` streams them (vLLM's async engine).
+- `server.py`: an OpenAI-compatible HTTP endpoint (`python -m longvu_hf.integrations.vllm.server --model DIR`).
 
 Install with `pip install "longvu-hf[vllm]"`. Nothing in longvu-hf imports this package unless vLLM is used.
 
@@ -39,11 +41,12 @@ def register() -> None:
 
 
 def __getattr__(name: str):
-    if name in ("LongVUEngine", "LongVUAnswer", "LongVURequest"):
+    if name in ("AsyncLongVUEngine", "LongVUEncoder", "LongVUEngine", "LongVUAnswer", "LongVURequest"):
         from . import engine
 
         return getattr(engine, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["ARCHITECTURE", "LongVUAnswer", "LongVUEngine", "LongVURequest", "register"]
+__all__ = ["ARCHITECTURE", "AsyncLongVUEngine", "LongVUAnswer", "LongVUEncoder", "LongVUEngine", "LongVURequest",
+           "register"]

@@ -49,13 +49,15 @@ class LongVURequest:
 
     `video`: a path or URL (decoded by the checkpoint's processor), the processor's outputs for one video (a dict with
     `pixel_values_videos`, ...), or `LongVUVideoFeatures` of one video (`LongVUEngine.encode`). `history`: earlier
-    (question, answer) turns of the conversation about this video. `prompt_token_ids`, in place of `question`: a
+    (question, answer) turns of the conversation about this video; `system`: a system prompt in place of the
+    template's default. `prompt_token_ids`, in place of `question`: a
     tokenized prompt holding one video placeholder. `compression_settings` and `sampling_params` override the call's.
     """
 
     video: Any
     question: str | None = None
     history: Sequence[tuple[str, str]] = ()
+    system: str | None = None
     prompt_token_ids: Sequence[int] | None = None
     compression_settings: CompressionSettings | Mapping | None = None
     sampling_params: Any = None
@@ -116,43 +118,30 @@ def load_encoder(model_path: str | os.PathLike, device: str | torch.device, dtyp
     return encoder.to(device).eval()
 
 
-class LongVUEngine:
-    """Videos and questions in, answers and compression reports out: this package encodes and compresses, vLLM
-    decodes (see the module docstring).
+class LongVUEncoder:
+    """The side of serving that runs in this package: the towers (each video once), the prompt, the compression per
+    question, and vLLM's request (prompt ids, compressed tokens, sampling parameters). `LongVUEngine` (offline) and
+    `AsyncLongVUEngine` (the HTTP server) add vLLM's engine to it.
 
     Args:
         model: a converted LongVU folder (what `longvu convert` writes).
-        tensor_parallel_size: GPUs vLLM shards the language model over (vLLM's argument).
         dtype: the language model's dtype in vLLM ("auto": the checkpoint's); the encoder uses the same one unless
             `encoder_dtype` is given.
         encoder_device: where the towers run (default: "cuda" if there is a GPU, else "cpu").
-        compression_settings: the default per-call settings (`CompressionSettings` or a dict); `generate` and each
-            request may override them. Videos are encoded for the largest context they will serve.
-        **vllm_kwargs: any other `vllm.LLM` argument (`max_model_len`, `gpu_memory_utilization`, ...). Without
-            `gpu_memory_utilization` on a GPU, vLLM gets what the encoder leaves free.
-
-    Example:
-
-    ```python
-    >>> engine = LongVUEngine("LongVU_Qwen2_7B-hf")
-    >>> [answer] = engine.generate([("video.mp4", "What happens?")])
-    >>> print(answer.text, answer.compression["path"])
-    ```
+        compression_settings: the default per-call settings (`CompressionSettings` or a dict); calls and requests
+            may override them. Videos are encoded for the largest context they will serve.
     """
 
     def __init__(
         self,
         model: str | os.PathLike,
         *,
-        tensor_parallel_size: int = 1,
         dtype: str | torch.dtype = "auto",
         encoder_device: str | torch.device | None = None,
         encoder_dtype: str | torch.dtype | None = None,
         compression_settings: CompressionSettings | Mapping | None = None,
-        **vllm_kwargs: Any,
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
-        from vllm import LLM
 
         import longvu_hf  # noqa: F401  (registers LongVU with the transformers Auto classes)
 
@@ -168,27 +157,25 @@ class LongVUEngine:
                              f"{getattr(self.config, 'model_type', None)!r})")
         self.settings = CompressionSettings.from_value(compression_settings)
         self.settings.resolve(self.config)  # refuses bad values now rather than at the first request
+        self.dtype = dtype
         self.encoder_device = torch.device(encoder_device or ("cuda" if torch.cuda.is_available() else "cpu"))
         resolved_dtype = self._resolve_dtype(encoder_dtype if encoder_dtype is not None else dtype)
         self.encoder = load_encoder(self.model_path, self.encoder_device, resolved_dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        if self.encoder_device.type == "cuda" and "gpu_memory_utilization" not in vllm_kwargs:
+        self._processor = None
+
+    def vllm_arguments(self, tensor_parallel_size: int, vllm_kwargs: Mapping[str, Any]) -> dict:
+        """vLLM's engine arguments for this folder: video tokens as input (`enable_mm_embeds`), no video encoder
+        inside vLLM, and (on the encoder's GPU, unless given) the memory the encoder leaves."""
+        arguments = dict(vllm_kwargs)
+        if self.encoder_device.type == "cuda" and "gpu_memory_utilization" not in arguments:
             free, total = torch.cuda.mem_get_info(self.encoder_device)
-            vllm_kwargs["gpu_memory_utilization"] = round(
+            arguments["gpu_memory_utilization"] = round(
                 max(0.05, min(0.9, (free - ENCODER_WORKSPACE_BYTES) / total)), 3
             )
-        vllm_kwargs.setdefault("limit_mm_per_prompt", {"video": 0})  # no video encoder inside vLLM
-        self.llm = LLM(
-            model=self.model_path,
-            tokenizer=self.model_path,
-            dtype=dtype,
-            tensor_parallel_size=tensor_parallel_size,
-            enable_mm_embeds=True,
-            **vllm_kwargs,
-        )
-        self._processor = None
-        self._request_ids = itertools.count()
-        self._pending: dict[str, dict] = {}
+        arguments.setdefault("limit_mm_per_prompt", {"video": 0})
+        return {"model": self.model_path, "tokenizer": self.model_path, "dtype": self.dtype,
+                "tensor_parallel_size": tensor_parallel_size, "enable_mm_embeds": True, **arguments}
 
     # -- encoding ----------------------------------------------------------------------------------------------------
 
@@ -257,11 +244,14 @@ class LongVUEngine:
 
     # -- prompts and compression -------------------------------------------------------------------------------------
 
-    def prompt_token_ids(self, question: str, history: Sequence[tuple[str, str]] = ()) -> list[int]:
+    def prompt_token_ids(
+        self, question: str, history: Sequence[tuple[str, str]] = (), system: str | None = None
+    ) -> list[int]:
         """The chat prompt of the checkpoint's template: the video placeholder and the first question, the earlier
-        (question, answer) turns, then `question` (tokenized as `LongVUProcessor.apply_chat_template` does)."""
+        (question, answer) turns, then `question` (tokenized as `LongVUProcessor.apply_chat_template` does);
+        `system` replaces the template's default system prompt."""
         turns = [(q, a) for q, a in history] + [(question, None)]
-        messages = []
+        messages = [] if system is None else [{"role": "system", "content": [{"type": "text", "text": system}]}]
         for index, (asked, answered) in enumerate(turns):
             content = [{"type": "text", "text": asked}]
             if index == 0:
@@ -299,7 +289,7 @@ class LongVUEngine:
             )
         return output.pooler_output[0].detach().float().cpu(), dict(output.compression[0])
 
-    def _sampling_params(self, params):
+    def sampling_params(self, params=None):
         """The caller's `SamplingParams` (default: greedy, 128 tokens), with the video/image placeholders and the
         checkpoint's `suppress_tokens` never generated, as in `generate`."""
         from vllm import SamplingParams
@@ -324,7 +314,7 @@ class LongVUEngine:
             self._suppress_tokens = list(getattr(generation_config, "suppress_tokens", None) or [])
         return self._suppress_tokens
 
-    def _prepare(self, requests: Iterable, sampling_params, compression_settings) -> list[dict]:
+    def prepare(self, requests: Iterable, sampling_params=None, compression_settings=None) -> list[dict]:
         """Encode each distinct video once (for the largest context its requests ask for), then compress it for each
         request's prompt."""
         requests = [_as_request(item) for item in requests]
@@ -350,24 +340,64 @@ class LongVUEngine:
             if request.prompt_token_ids is not None:
                 ids = [int(t) for t in request.prompt_token_ids]
             else:
-                ids = self.prompt_token_ids(request.question, request.history)
+                ids = self.prompt_token_ids(request.question, request.history, request.system)
             tokens, report = self.compress(encoded[key], ids, settings)
             params = request.sampling_params if request.sampling_params is not None else sampling_params
             prepared.append({
                 "prompt": {"prompt_token_ids": ids, "multi_modal_data": {"video": [tokens]}},
-                "params": self._sampling_params(params),
+                "params": self.sampling_params(params),
                 "compression": report,
             })
         return prepared
 
-    @staticmethod
-    def _answer(request_id: str, output, prepared: dict) -> LongVUAnswer:
-        completion = output.outputs[0]
-        return LongVUAnswer(
-            request_id=request_id, text=completion.text, token_ids=list(completion.token_ids),
-            finish_reason=completion.finish_reason, compression=prepared["compression"],
-            prompt_token_ids=prepared["prompt"]["prompt_token_ids"], logprobs=completion.logprobs,
-        )
+
+def _answer(request_id: str, output, prepared: dict) -> LongVUAnswer:
+    """vLLM's `RequestOutput` of one request as a `LongVUAnswer`."""
+    completion = output.outputs[0]
+    return LongVUAnswer(
+        request_id=request_id, text=completion.text, token_ids=list(completion.token_ids),
+        finish_reason=completion.finish_reason, compression=prepared["compression"],
+        prompt_token_ids=prepared["prompt"]["prompt_token_ids"], logprobs=completion.logprobs,
+    )
+
+
+class LongVUEngine(LongVUEncoder):
+    """Videos and questions in, answers and compression reports out: this package encodes and compresses, vLLM's
+    offline engine decodes (see the module docstring).
+
+    Args:
+        model, dtype, encoder_device, encoder_dtype, compression_settings: see `LongVUEncoder`.
+        tensor_parallel_size: GPUs vLLM shards the language model over (vLLM's argument).
+        **vllm_kwargs: any other `vllm.LLM` argument (`max_model_len`, `gpu_memory_utilization`, ...). Without
+            `gpu_memory_utilization` on a GPU, vLLM gets what the encoder leaves free.
+
+    Example:
+
+    ```python
+    >>> engine = LongVUEngine("LongVU_Qwen2_7B-hf")
+    >>> [answer] = engine.generate([("video.mp4", "What happens?")])
+    >>> print(answer.text, answer.compression["path"])
+    ```
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        tensor_parallel_size: int = 1,
+        dtype: str | torch.dtype = "auto",
+        encoder_device: str | torch.device | None = None,
+        encoder_dtype: str | torch.dtype | None = None,
+        compression_settings: CompressionSettings | Mapping | None = None,
+        **vllm_kwargs: Any,
+    ) -> None:
+        from vllm import LLM
+
+        super().__init__(model, dtype=dtype, encoder_device=encoder_device, encoder_dtype=encoder_dtype,
+                         compression_settings=compression_settings)
+        self.llm = LLM(**self.vllm_arguments(tensor_parallel_size, vllm_kwargs))
+        self._request_ids = itertools.count()
+        self._pending: dict[str, dict] = {}
 
     # -- decoding ----------------------------------------------------------------------------------------------------
 
@@ -382,13 +412,13 @@ class LongVUEngine:
         """Answer a batch of requests (or (video, question) pairs), in order. Each distinct video is encoded once;
         vLLM schedules all the questions together. `sampling_params`: vLLM's `SamplingParams` (default: greedy,
         128 tokens); `compression_settings`: this call's budget and thresholds."""
-        prepared = self._prepare(requests, sampling_params, compression_settings)
+        prepared = self.prepare(requests, sampling_params, compression_settings)
         if not prepared:
             return []
         outputs = self.llm.generate(
             [p["prompt"] for p in prepared], [p["params"] for p in prepared], use_tqdm=use_tqdm
         )
-        return [self._answer(output.request_id, output, p) for output, p in zip(outputs, prepared)]
+        return [_answer(output.request_id, output, p) for output, p in zip(outputs, prepared)]
 
     def add_request(
         self,
@@ -400,7 +430,7 @@ class LongVUEngine:
     ) -> str:
         """Queue one request in vLLM's running engine (continuous batching: it joins the requests being decoded at
         the next `step`). Returns its id."""
-        [prepared] = self._prepare([request], sampling_params, compression_settings)
+        [prepared] = self.prepare([request], sampling_params, compression_settings)
         request_id = request_id or f"longvu-{next(self._request_ids)}"
         if request_id in self._pending:
             raise ValueError(f"request_id {request_id!r} is already running")
@@ -413,11 +443,84 @@ class LongVUEngine:
         finished = []
         for output in self.llm.llm_engine.step():
             if output.finished and output.request_id in self._pending:
-                finished.append(self._answer(output.request_id, output, self._pending.pop(output.request_id)))
+                finished.append(_answer(output.request_id, output, self._pending.pop(output.request_id)))
         return finished
 
     def has_unfinished_requests(self) -> bool:
         return self.llm.llm_engine.has_unfinished_requests()
 
 
-__all__ = ["LongVUAnswer", "LongVUEngine", "LongVURequest", "load_encoder"]
+class AsyncLongVUEngine(LongVUEncoder):
+    """`LongVUEncoder` with vLLM's async engine: each answer streams as it is decoded, requests join the running
+    batch as they arrive (what `longvu_hf.integrations.vllm.server` serves). Same arguments as `LongVUEngine`.
+
+    Example:
+
+    ```python
+    >>> engine = AsyncLongVUEngine("LongVU_Qwen2_7B-hf")
+    >>> async for delta, answer in engine.stream(LongVURequest(video="video.mp4", question="What happens?")):
+    ...     print(delta, end="")
+    ```
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        tensor_parallel_size: int = 1,
+        dtype: str | torch.dtype = "auto",
+        encoder_device: str | torch.device | None = None,
+        encoder_dtype: str | torch.dtype | None = None,
+        compression_settings: CompressionSettings | Mapping | None = None,
+        **vllm_kwargs: Any,
+    ) -> None:
+        import threading
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        super().__init__(model, dtype=dtype, encoder_device=encoder_device, encoder_dtype=encoder_dtype,
+                         compression_settings=compression_settings)
+        self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.vllm_arguments(tensor_parallel_size, vllm_kwargs)))
+        self._encoding = threading.Lock()  # one video through the towers at a time
+        self._request_ids = itertools.count()
+
+    def prepare_one(self, request: LongVURequest, sampling_params=None, compression_settings=None) -> dict:
+        """`prepare` for one request, the towers serialised (called from worker threads)."""
+        with self._encoding:
+            return self.prepare([request], sampling_params, compression_settings)[0]
+
+    async def stream(
+        self,
+        request: LongVURequest | tuple[Any, str],
+        sampling_params=None,
+        *,
+        compression_settings: CompressionSettings | Mapping | None = None,
+        request_id: str | None = None,
+    ):
+        """Yields `(new_text, None)` as tokens are decoded, then `("", LongVUAnswer)` once the answer is complete.
+        The towers and the compression run in a worker thread, so other answers keep streaming meanwhile."""
+        import asyncio
+
+        prepared = await asyncio.to_thread(self.prepare_one, _as_request(request), sampling_params,
+                                           compression_settings)
+        async for item in self.stream_prepared(prepared, request_id):
+            yield item
+
+    async def stream_prepared(self, prepared: dict, request_id: str | None = None):
+        """`stream` for a request that `prepare_one` made."""
+        request_id = request_id or f"longvu-{next(self._request_ids)}"
+        text = ""
+        async for output in self.llm.generate(prepared["prompt"], prepared["params"], request_id):
+            completion = output.outputs[0]
+            if completion.text != text:
+                yield completion.text[len(text):], None
+                text = completion.text
+            if output.finished:
+                yield "", _answer(request_id, output, prepared)
+
+    def shutdown(self) -> None:
+        self.llm.shutdown()
+
+
+__all__ = ["AsyncLongVUEngine", "LongVUAnswer", "LongVUEncoder", "LongVUEngine", "LongVURequest", "load_encoder"]
