@@ -137,7 +137,8 @@ def main(argv=None) -> dict:
         write_model(Path(folder), args)
         started = time.perf_counter()
         engine = LongVUEngine(folder, dtype=args.dtype, encoder_device=args.device, max_model_len=4096,
-                              max_num_seqs=max(8, args.videos * args.questions), seed=0)
+                              max_num_seqs=max(8, args.videos * args.questions), seed=0,
+                              enforce_eager=args.quick)  # --quick: no compilation, a smoke test starts faster
         engine_start_s = time.perf_counter() - started
         model = LongVUForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(args.device).eval()
         run_vllm(engine, videos[:1], [questions[0][:1]], args)  # warm-up of both (first-call costs)

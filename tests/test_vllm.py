@@ -356,6 +356,25 @@ def test_the_http_endpoint_answers_and_streams_like_the_engine(engine, folder, v
         served.shutdown()
 
 
+def test_the_throughput_benchmark_runs(tmp_path):
+    """benchmarks/vllm_throughput.py --quick (tiny sizes), so that it cannot rot: structure and its own answer check,
+    never a timing."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    output = tmp_path / "throughput.json"
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "vllm_throughput.py"), "--quick", "--output", str(output)],
+        capture_output=True, text=True, timeout=900, env=dict(os.environ, PYTHONPATH=str(root / "src")),
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(output.read_text())
+    assert result["quick"] and result["identical_answers"] and result["num_questions"] == 4
+    assert result["generate"]["seconds"] > 0 and result["vllm"]["seconds"] > 0 and result["machine"]["vllm"]
+
+
 def test_llama_backbone_equals_generate(tmp_path, videos):
     folder = save_tiny_vllm_model(tmp_path / "tiny-vllm-llama", backbone="llama")
     llama = start_engine(folder)
