@@ -36,6 +36,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 
 from ..media_inputs import InputPolicy, check_decode_bounds, resolve_media
+from ..modeling.video_features import LongVUVideoFeatures
 
 # lmms-eval's own default when a task gives no `max_new_tokens` (its Qwen2.5-VL chat model uses the same).
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -419,7 +420,9 @@ class LongVULmmsEvalModel(lmms):
     @torch.inference_mode()
     def _answer_batch(self, batch: list[PreparedRequest], requests: list[Instance]) -> list[GenerationResult]:
         with failures_exit_nonzero(self._describe(batch, requests)):
-            inputs = self._processor_inputs(batch)
+            inputs = self._streamed_inputs(batch)
+            if inputs is None:
+                inputs = self._processor_inputs(batch)
             settings = generation_settings(batch[0].gen_kwargs, self.default_max_new_tokens)
             output = self._model.generate(**inputs, **settings, compression_settings=self.compression_settings)
             # `generate` returns the prompt as given (one placeholder per video) followed by the new tokens.
@@ -434,19 +437,50 @@ class LongVULmmsEvalModel(lmms):
                 eval_logger.debug(f"longvu: {item.context!r} -> {answer!r}")
             return results
 
+    def _sampling(self, batch: list[PreparedRequest]) -> dict[str, Any]:
+        """The processor's sampling options for the batch's videos: the protocol's, and the task's clip."""
+        kwargs: dict[str, Any] = dict(self.sampling_kwargs)
+        start, end = batch[0].clip
+        if start is not None:
+            kwargs["start_time"] = start
+        if end is not None:
+            kwargs["end_time"] = end
+        return kwargs
+
+    def _streamed_inputs(self, batch: list[PreparedRequest]) -> dict | None:
+        """Prompts and `video_features` for a batch whose media are video files or URLs only (None otherwise): each
+        video is decoded a chunk at a time and encoded as the chunks arrive (`iter_video_chunks` +
+        `encode_video_stream`), so host memory does not grow with the video's length."""
+        videos = [video for item in batch for video in item.videos]
+        if not videos or any(item.images for item in batch):
+            return None
+        if not all(isinstance(video, (str, os.PathLike)) for video in videos):
+            return None
+        texts = [self.processor.apply_chat_template(item.messages, add_generation_prompt=True, tokenize=False)
+                 for item in batch]
+        kwargs = self._sampling(batch)
+        policy = InputPolicy.local_user()
+        encoded = []
+        for video in videos:
+            with resolve_media(video, policy) as source:  # a download is deleted once encoded
+                check_decode_bounds(source, policy, fps=kwargs.get("fps"), num_frames=kwargs.get("num_frames"))
+                chunks = self.processor.video_processor.iter_video_chunks(str(source.path), **kwargs)
+                features = self._model.encode_video_stream(chunks, compression_settings=self.compression_settings)
+            encoded.append(features)
+        # One placeholder per video, as the processor writes it; the rendered template holds its special tokens.
+        inputs = self.processor.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
+                                          add_special_tokens=False)
+        first = encoded[0]
+        features = LongVUVideoFeatures([part[0] for part in encoded], fingerprint=first.fingerprint,
+                                       settings=first.settings)
+        return {**{key: value.to(self._device) for key, value in inputs.items()}, "video_features": features}
+
     def _processor_inputs(self, batch: list[PreparedRequest]):
         texts = [self.processor.apply_chat_template(item.messages, add_generation_prompt=True, tokenize=False)
                  for item in batch]
         videos = [video for item in batch for video in item.videos]
         images = [image for item in batch for image in item.images]
-        kwargs: dict[str, Any] = {}
-        if videos:
-            kwargs.update(self.sampling_kwargs)
-            start, end = batch[0].clip
-            if start is not None:
-                kwargs["start_time"] = start
-            if end is not None:
-                kwargs["end_time"] = end
+        kwargs: dict[str, Any] = self._sampling(batch) if videos else {}
         with contextlib.ExitStack() as resolved:
             # Paths and URLs go through the input policy once (longvu_hf.media_inputs): a task's "video" that is
             # text, a playlist or an internal URL is refused before decoding; downloads are deleted afterwards.
