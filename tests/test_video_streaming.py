@@ -146,3 +146,12 @@ def test_a_decoding_error_reaches_the_caller(model):
         model.encode_video_stream(broken(), video_size=(36, 64))
     with pytest.raises(ValueError, match="video_size"):
         model.encode_video_stream(iter([]))
+
+
+@pytest.mark.parametrize("flags", [{"do_resize": False}, {"do_pad": False}, {"do_rescale": True, "do_normalize": True}])
+def test_chunks_honour_the_processor_flags(tmp_path, processor, flags):
+    path = write_scene_video(tmp_path / "clip.mp4", "ABCDEFG")
+    whole = processor(str(path), **flags)
+    pieces = list(processor.iter_video_chunks(str(path), chunk_frames=3, **flags))
+    for key in ("pixel_values_videos", "pixel_values_videos_dino"):
+        assert torch.equal(torch.cat([p[key] for p in pieces]), whole[key])

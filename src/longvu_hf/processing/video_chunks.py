@@ -132,7 +132,8 @@ class VideoChunks:
 
     def _preprocess_chunk(self, pairs: FrameBatch, start: int) -> dict[str, torch.Tensor]:
         processor, kwargs = self._processor, self._kwargs
-        outputs = processor._allocate_outputs(len(pairs), kwargs)
+        frame_size = None if kwargs["do_resize"] else self.video_size  # do_resize=False keeps the frames' size
+        outputs = processor._allocate_outputs(len(pairs), kwargs, frame_size=frame_size)
         processor._fill_outputs(iter([pairs]), outputs, -start, kwargs)
         data = {"pixel_values_videos": outputs[0], "pixel_values_videos_dino": outputs[1]}
         return processor._maybe_normalize(data, ("pixel_values_videos", "pixel_values_videos_dino"), kwargs)

@@ -49,6 +49,7 @@ from transformers.video_utils import VideoMetadata, make_batched_videos
 from ..modeling.configuration_longvu import DINO_IMAGE_MEAN, DINO_IMAGE_STD, SIGLIP_IMAGE_MEAN, SIGLIP_IMAGE_STD
 from ..media_inputs import InputPolicy
 from .frame_transforms import expand_to_square, fill_colour, pad_and_resize_pil, pad_and_resize_torch
+from .video_chunks import DEFAULT_CHUNK_FRAMES, VideoChunks
 from .video_decoding import FrameBatch, FrameSource, frame_rate, open_frame_source, prefetch, to_uint8_hwc
 
 logger = logging.get_logger(__name__)
@@ -426,25 +427,7 @@ class LongVUVideoProcessor(BaseVideoProcessor):
             self._refuse_non_rgb(videos)
         sources = self._open_sources(videos, kwargs)
 
-        frame_indices = []
-        for source in sources:
-            if kwargs["do_sample_frames"]:
-                indices = self.sample_frames(
-                    source.metadata,
-                    num_frames=kwargs["num_frames"],
-                    fps=kwargs["fps"],
-                    max_frames=kwargs["max_frames"],
-                    max_frames_mode=kwargs["max_frames_mode"],
-                    start_time=kwargs["start_time"],
-                    end_time=kwargs["end_time"],
-                    default_fps=kwargs["default_fps"],
-                    video_name=f"Video {source.name}",
-                )
-            else:
-                indices = np.arange(source.metadata.total_num_frames, dtype=np.int64)
-            if len(indices) == 0:
-                raise ValueError(f"No frame was sampled from video {source.name}.")
-            frame_indices.append(np.asarray(indices, dtype=np.int64))
+        frame_indices = [self._frame_indices(source, kwargs) for source in sources]
 
         # Outputs are allocated once, at their final size, and filled as frames arrive: no concatenation copies.
         total_frames = sum(len(indices) for indices in frame_indices)
@@ -481,6 +464,44 @@ class LongVUVideoProcessor(BaseVideoProcessor):
                 metadata.append(source.metadata)
             data["video_metadata"] = metadata
         return BatchFeature(data=data, tensor_type=kwargs["return_tensors"], skip_tensor_conversion=["video_metadata"])
+
+    def iter_video_chunks(
+        self, video: Any, chunk_frames: int = DEFAULT_CHUNK_FRAMES, **kwargs: Unpack[LongVUVideoProcessorKwargs]
+    ) -> VideoChunks:
+        """One video's sampled frames, preprocessed exactly as `preprocess` does, but yielded `chunk_frames` at a
+        time (`VideoChunks`), for `LongVUModel.encode_video_stream`: the host then holds a few chunks of pixels
+        instead of the whole video. Frames are sampled and the video opened here; decoding starts on iteration."""
+        kwargs = self._resolve_kwargs(kwargs)
+        if not kwargs["do_convert_rgb"]:
+            self._refuse_non_rgb(video)
+        sources = self._open_sources(video, kwargs)
+        if len(sources) != 1:
+            for source in sources:
+                if source.media is not None:
+                    source.media.close()
+            raise ValueError(f"`iter_video_chunks` takes one video, got {len(sources)}")
+        (source,) = sources
+        return VideoChunks(self, source, self._frame_indices(source, kwargs), kwargs, chunk_frames=chunk_frames)
+
+    def _frame_indices(self, source: FrameSource, kwargs: dict) -> np.ndarray:
+        """The frame indices to decode from one source, under the call's sampling options."""
+        if kwargs["do_sample_frames"]:
+            indices = self.sample_frames(
+                source.metadata,
+                num_frames=kwargs["num_frames"],
+                fps=kwargs["fps"],
+                max_frames=kwargs["max_frames"],
+                max_frames_mode=kwargs["max_frames_mode"],
+                start_time=kwargs["start_time"],
+                end_time=kwargs["end_time"],
+                default_fps=kwargs["default_fps"],
+                video_name=f"Video {source.name}",
+            )
+        else:
+            indices = np.arange(source.metadata.total_num_frames, dtype=np.int64)
+        if len(indices) == 0:
+            raise ValueError(f"No frame was sampled from video {source.name}.")
+        return np.asarray(indices, dtype=np.int64)
 
     def _open_sources(self, videos: Any, kwargs: dict) -> list[FrameSource]:
         if videos is None:
