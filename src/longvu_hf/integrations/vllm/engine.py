@@ -287,7 +287,7 @@ class LongVUEncoder:
                 None, video_features=features, prompt_input_ids=ids, prompt_attention_mask=torch.ones_like(ids),
                 compression_settings=settings,
             )
-        return output.pooler_output[0].detach().float().cpu(), dict(output.compression[0])
+        return output.pooler_output[0].detach().cpu(), dict(output.compression[0])
 
     def sampling_params(self, params=None):
         """The caller's `SamplingParams` (default: greedy, 128 tokens), with the video/image placeholders and the

@@ -12,6 +12,10 @@ The weights come straight from a converted LongVU folder (`model.language_model.
 aggregator and the projector in it are skipped. vLLM must be started with `enable_mm_embeds=True` (video tokens as
 input) and `limit_mm_per_prompt={"video": 0}` (no video encoder inside vLLM): `LongVUEngine` does so.
 
+Refused with one line: frames instead of tokens, a placeholder count that differs from the number of videos, empty
+tokens; vLLM itself refuses tokens of another width. One case vLLM never shows the plugin: a prompt that holds a
+placeholder but comes without any video (vLLM runs no multimodal processing then); `LongVUEngine` refuses it.
+
 Example (the registration is automatic once longvu-hf is installed: `vllm.general_plugins` entry point):
 
 ```python
