@@ -151,16 +151,18 @@ def test_continuation_with_new_text_reads_the_video_from_the_cache(model):
     video = videos((2, 6))
     first = model.generate(input_ids=ids, **video, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
     follow_up = torch.cat([first.sequences, torch.tensor([[9, 10]])], dim=1)
-    continued = model.generate(input_ids=follow_up, **{CACHE_NAME: cache_of(first)}, **GREEDY)
-    assert torch.equal(continued[:, : follow_up.shape[1]], follow_up)
+    continued = model.generate(input_ids=follow_up, **{CACHE_NAME: cache_of(first)}, **GREEDY, output_logits=True,
+                               return_dict_in_generate=True)
+    assert torch.equal(continued.sequences[:, : follow_up.shape[1]], follow_up)
     # the same as encoding the video again for the whole text (this short video's compression ignores the text)
     with torch.no_grad():
         again = model(input_ids=follow_up, **video)
     unchanged = ("kept_frame_indices", "high_res_frame_indices", "tokens_per_frame", "path")
     assert [again.compression[0][k] for k in unchanged] == [first.compression[0][k] for k in unchanged]
+    torch.testing.assert_close(continued.logits[0][0], again.logits[0, -1], rtol=1e-4, atol=1e-5)
     logits = again.logits[0, -1].clone()
     logits[[V, I]] = -float("inf")
-    assert continued[0, follow_up.shape[1]] == logits.argmax()
+    assert continued.sequences[0, follow_up.shape[1]] == logits.argmax()
 
 
 def test_continuation_refusals(model):

@@ -94,9 +94,10 @@ def answers_logged(output_path: Path) -> dict[int, str]:
     return {row["doc_id"]: row["filtered_resps"] for row in rows}
 
 
-def readme_path_answers(model_folder: Path, questions: Path, sampling: dict) -> dict[int, str]:
+def readme_path_answers(model_folder: Path, questions: Path, sampling: dict,
+                        compression_settings: dict | None = None) -> dict[int, str]:
     """Our own path (README): the chat template with the video block, `processor_kwargs` for the sampling and the
-    clip, `generate`, the new tokens decoded."""
+    clip, `generate` (with `compression_settings`), the new tokens decoded."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -115,7 +116,8 @@ def readme_path_answers(model_folder: Path, questions: Path, sampling: dict) -> 
         inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                                return_tensors="pt", processor_kwargs=kwargs)
         with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=make_tiny_task.MAX_NEW_TOKENS, do_sample=False)
+            output = model.generate(**inputs, max_new_tokens=make_tiny_task.MAX_NEW_TOKENS, do_sample=False,
+                                    compression_settings=compression_settings)
         answers[doc_id] = processor.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     return answers
 
@@ -166,6 +168,23 @@ def test_docs_command_answers_every_question_as_our_generate_path(tiny_task, doc
     assert logged == ours
     # The comparison can tell the sampling apart: the processor's defaults give other answers.
     assert sampling and readme_path_answers(tiny_task["model"], tiny_task["questions"], {}) != ours
+
+
+@needs_lmms_eval
+def test_a_protocol_brings_its_sampling_and_thresholds(tiny_task):
+    """The docs' command with `protocol=videomme` in place of its sampling options: the official script's sampling
+    (0.5 fps) reaches the processor and its STC threshold (0.65) `generate` (`tests/test_lmms_eval_settings.py` checks
+    every protocol and argument without lmms-eval)."""
+    command = docs_lmms_eval_command()
+    arguments = {k: v for k, v in model_args(command).items() if k not in ("fps", "max_frames")}
+    arguments["protocol"] = "videomme"
+    command = with_option(command, "--model_args", ",".join(f"{k}={v}" for k, v in arguments.items()))
+    output = tiny_task["root"] / "results-protocol"
+    result = run_lmms_eval(with_option(command, "--output_path", str(output)), tiny_task["root"])
+    assert result.returncode == 0, short(result)
+    ours = readme_path_answers(tiny_task["model"], tiny_task["questions"], {"fps": 0.5}, {"stc_threshold": 0.65})
+    assert answers_logged(output) == ours
+    assert readme_path_answers(tiny_task["model"], tiny_task["questions"], {}) != ours  # the sampling shows
 
 
 @needs_lmms_eval

@@ -125,14 +125,3 @@ def test_a_live_video_forgets_dropped_frames_exactly_at_the_largest_frame_budget
     assert sorted(live.kept) == [2, 6]
     assert features[0].candidate_indices.tolist() == predict_kept_frames(scenes, 4, 0.83, 5)[1] == [2, 6, 8, 9]
     assert_same_encoding(features, so_far(10))
-    # one encoding serves a prompt that selects and one that leaves room for every frame (7 frames: 512 vs 510 tokens)
-    seven = so_far(7)
-    short = {k: v[:7] for k, v in pixels.items() if k.startswith("pixel")}
-    short.update(video_num_frames=torch.tensor([7]), video_sizes=pixels["video_sizes"])
-    for ids, selects in ((torch.tensor([[V]]), False), (PROMPT, True)):
-        with torch.no_grad():
-            reference = model(input_ids=ids, **short, compression_settings=settings)
-            reused = model(input_ids=ids, video_features=seven, compression_settings=settings)
-        assert reference.compression[0]["frame_selection_ran"] is selects
-        assert reused.compression[0] == reference.compression[0]
-        torch.testing.assert_close(reused.logits, reference.logits, rtol=1e-4, atol=1e-5)
