@@ -49,6 +49,19 @@ FILES = {
 }
 
 
+# The CI subset's tests: fast ones (no towers, or a tiny model built once), which kill the subset's mutants in seconds;
+# the full run uses the selection of mutmut.cfg (the model-level guards too).
+CI_TESTS = [
+    "tests/test_selection_units.py",
+    "tests/test_compression.py",
+    "tests/test_mutation_guards.py::test_budget_arithmetic_of_the_test_setting",
+    "tests/test_mutation_guards.py::test_resolution_flags_at_both_band_edges",
+    "tests/test_mutation_guards.py::test_dino_score_equal_to_the_threshold_drops_the_frame",
+    "tests/test_video_features.py::test_the_fingerprint_covers_every_tower_and_the_aggregator",
+    "tests/test_video_features.py::test_the_fingerprint_ignores_what_features_do_not_depend_on",
+]
+
+
 def module_name(relative: str) -> str:
     return f"{PACKAGE}." + relative.removesuffix(".py").replace("/", ".")
 
@@ -63,9 +76,10 @@ def mutant_globs(full: bool) -> list[str]:
     return globs
 
 
-def prepare(workdir: Path, tests_at: str | None) -> None:
+def prepare(workdir: Path, tests_at: str | None, full: bool) -> None:
     """A copy of the sources and tests (the tests of commit `tests_at`, if given, to measure older tests against
-    today's code), with mutmut's section appended to the copy's setup.cfg."""
+    today's code), with mutmut's section appended to the copy's setup.cfg (for the CI subset, with `CI_TESTS` as the
+    test selection)."""
     for name in ("src", "tests"):
         target = workdir / name
         if target.exists():
@@ -73,6 +87,9 @@ def prepare(workdir: Path, tests_at: str | None) -> None:
         shutil.copytree(REPO / name, target, symlinks=False, ignore_dangling_symlinks=True,
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache"))
     config = (HERE / "mutmut.cfg").read_text()
+    if not full:
+        config = re.sub(r"(pytest_add_cli_args_test_selection =\n)(\s+.*\n)+",
+                        lambda m: m.group(1) + "".join(f"    {test}\n" for test in CI_TESTS), config)
     if tests_at:
         for path in (workdir / "tests").glob("*.py"):
             path.unlink()
@@ -210,7 +227,7 @@ def main() -> int:
     workdir = arguments.workdir or Path(tempfile.mkdtemp(prefix="longvu-mutation-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    prepare(workdir, arguments.tests_at)
+    prepare(workdir, arguments.tests_at, arguments.full)
     if not arguments.full:
         leave_out_other_functions(workdir)
     globs = mutant_globs(arguments.full)
