@@ -344,7 +344,8 @@ def test_the_http_endpoint_answers_and_streams_like_the_engine(engine, folder, v
                 assert response.status_code == 400, response.text
                 return response.json()["error"]["message"]
 
-            assert "127.0.0.1" in refused({"messages": messages("http://127.0.0.1:1/clip.mp4", first)})
+            internal = refused({"messages": messages("http://127.0.0.1:1/clip.mp4", first)})
+            assert "127.0.0.1" in internal and "not a public internet address" in internal  # never connected to
             assert "not a video" in refused(None, files={"file": ("notes.txt", b"just text " * 50, "text/plain")})
             assert "exactly one video_url" in refused({"messages": [{"role": "user", "content": first}]})
             assert "no such uploaded video" in refused({"messages": messages("longvu-video:0000", first)})
