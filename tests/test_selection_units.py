@@ -127,20 +127,23 @@ def test_settings_refuse_values_out_of_range(field, value, message):
 class StandInModel:
     """What `LongVULiveVideo` uses of `LongVUModel`, without towers: a frame holds `[scene, frame index]`; its
     "DINOv2 feature" is the scene's own unit vector (duplicates score exactly 1, other scenes exactly 0), and its
-    "aggregator output" is the frame index, so a stored row names its frame."""
+    "aggregator output" is `[frame index, scene]`, the scene read from the DINOv2 feature it was given, so a stored
+    row names its frame. Every call's arguments are recorded."""
 
     def __init__(self, window=4, cap=5, largest=8):
-        vision = types.SimpleNamespace(image_size=2)
+        vision = types.SimpleNamespace(image_size=384)
         self.config = types.SimpleNamespace(dino_window_size=window, max_frames_after_selection=cap,
-                                            vision_config=vision, dino_image_size=2)
+                                            vision_config=vision, dino_image_size=378)
         self.largest = largest
         self.encoded = []  # frame indices that went through "SigLIP", call by call
+        self.calls = []  # (what, arguments) of the other calls
 
     def _largest_frame_budget(self, settings):
+        self.calls.append(("budget", settings))
         return self.largest
 
     def _check_pixels(self, pixels, size, name):
-        pass
+        self.calls.append(("check", pixels[:, 1, 0, 0].tolist(), size, name))
 
     def dino_features(self, frames):
         return torch.nn.functional.one_hot(frames[:, 0, 0, 0].long(), 26).float().unsqueeze(1)
@@ -150,15 +153,17 @@ class StandInModel:
         return frames, None
 
     def _size_as_reference_reads_it(self, size, is_video):
-        return size
+        return ("as read", size, is_video)
 
     def aggregate(self, siglip, dino, size_wh):
-        return siglip[:, 1, 0, 0].float().view(-1, 1, 1)
+        self.calls.append(("aggregate", size_wh))
+        return torch.stack([siglip[:, 1, 0, 0].float(), dino[:, 0].argmax(-1).float()], dim=-1).unsqueeze(1)
 
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    monkeypatch.setattr(live_video, "model_fingerprint", lambda model: "f" * 64)
+    monkeypatch.setattr(live_video, "model_fingerprint",
+                        lambda model: "f" * 64 if isinstance(model, StandInModel) else "0" * 64)
     return StandInModel()
 
 
@@ -183,18 +188,21 @@ def check(features, scenes: str, model, all_frames_kept: bool):
     scenes = scenes.replace(" ", "")
     _, kept = predict_kept_frames(scenes, model.config.dino_window_size, SETTINGS.dino_threshold,
                                   model.config.max_frames_after_selection)
-    assert video.num_input_frames == len(scenes) and video.size_hw == (48, 48)
+    assert video.num_input_frames == len(scenes) and video.size_hw == (36, 64)
     assert video.selected_indices.tolist() == kept
     assert video.all_frames_kept is all_frames_kept
     expected = list(range(len(scenes))) if all_frames_kept else kept
     assert video.candidate_indices.tolist() == expected
     assert video.sva[:, 0, 0].long().tolist() == expected
+    assert video.sva[:, 0, 1].long().tolist() == [ord(scenes[i]) - ord("A") for i in expected]
+    assert all(call == ("aggregate", ("as read", (36, 64), True)) for call in model.calls if call[0] == "aggregate")
     assert features.settings == {"dino_threshold": 0.83, "max_context_length": 529, "context_margin": 16}
     assert features.fingerprint == "f" * 64
 
 
 def test_live_windows_memory_and_snapshots(stand_in):
-    live = LongVULiveVideo(stand_in, (48, 48), SETTINGS)
+    live = LongVULiveVideo(stand_in, (36, 64), SETTINGS)
+    assert stand_in.calls == [("budget", SETTINGS)] and live.largest_frame_budget == 8
     with pytest.raises(ValueError, match="No frame has arrived yet"):
         live.features()
     feed(live, "AAA", 0)
@@ -223,23 +231,26 @@ def test_live_windows_memory_and_snapshots(stand_in):
 
 
 def test_live_cap_applies_to_the_survivors(stand_in):
-    live = LongVULiveVideo(stand_in, (48, 48), SETTINGS)
+    live = LongVULiveVideo(stand_in, (36, 64), SETTINGS)
     feed(live, "AAAA BCDE FG", 0, chunk=5)  # 7 survivors, the cap keeps 5 (uniformly)
     features = live.features()
     assert predict_kept_frames("AAAABCDEFG", 4, 0.83, 5) == ([2, 4, 5, 6, 7, 8, 9], [2, 4, 5, 7, 8])
     check(features, "AAAA BCDE FG", stand_in, all_frames_kept=False)
-    short = LongVULiveVideo(StandInModel(cap=1), (48, 48), SETTINGS)
+    short = LongVULiveVideo(StandInModel(cap=1), (36, 64), SETTINGS)
     feed(short, "BCD", 0)  # shorter than a window: never capped (as the one-shot path)
     assert short.features()[0].selected_indices.tolist() == [0, 1, 2]
 
 
 def test_live_inputs(stand_in):
-    live = LongVULiveVideo(stand_in, (48, 48), SETTINGS)
-    frames = frames_of("AAAAB")
-    live.append(frames.unsqueeze(0), frames.unsqueeze(0), video_sizes=torch.tensor([[48, 48]]))  # 5-D, one video
+    live = LongVULiveVideo(stand_in, (36, 64), SETTINGS)
+    frames, frames_dino = frames_of("AAAAB"), frames_of("AAAAB", start=10)
+    stand_in.calls.clear()
+    live.append(frames.unsqueeze(0), frames_dino.unsqueeze(0), video_sizes=torch.tensor([[36, 64]]))  # 5-D: 1 video
     assert live.num_frames == 4 and len(live.pending_pixels) == 1
-    with pytest.raises(ValueError, match=r"size \(36, 64\) \(height, width\), but this live video is \(48, 48\)"):
-        live.append(frames, frames, video_sizes=(36, 64))
+    assert stand_in.calls[:2] == [("check", [0, 1, 2, 3, 4], 384, "pixel_values_videos"),
+                                  ("check", [10, 11, 12, 13, 14], 378, "pixel_values_videos_dino")]
+    with pytest.raises(ValueError, match=r"size \(64, 36\) \(height, width\), but this live video is \(36, 64\)"):
+        live.append(frames, frames, video_sizes=(64, 36))
     with pytest.raises(ValueError, match="`pixel_values_videos` holds 5 frames but `pixel_values_videos_dino` 4"):
         live.append(frames, frames[:4])
     assert live.num_frames == 4 and len(live.pending_pixels) == 1  # refused frames change nothing

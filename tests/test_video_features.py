@@ -140,6 +140,29 @@ def test_the_fingerprint_ignores_what_features_do_not_depend_on(model):
         assert model_fingerprint(make_tiny_model(**{field: value}).model) != features.fingerprint, field
 
 
+def test_the_fingerprint_survives_saving_and_loading_the_model(model, tmp_path):
+    # A model loaded from its folder writes `dtype: "float32"` into its sub-configs where the model built in code has
+    # None: bookkeeping, not identity. Features encoded before saving are served after loading.
+    from longvu_hf import LongVUForConditionalGeneration
+
+    model.save_pretrained(tmp_path / "model")
+    loaded = LongVUForConditionalGeneration.from_pretrained(tmp_path / "model")
+    assert model_fingerprint(loaded.model) == model_fingerprint(model.model)
+
+
+def test_the_fingerprint_does_not_depend_on_the_order_of_config_fields(model):
+    import types
+
+    fingerprints = []
+    for names in (("aa_extra", "zz_extra"), ("zz_extra", "aa_extra")):
+        config = type(model.config).from_dict(model.config.to_dict())
+        for name in names:
+            setattr(config, name, len(name))
+        towers = {name: getattr(model.model, name) for name in ("vision_tower", "dino_tower", "vision_aggregator")}
+        fingerprints.append(model_fingerprint(types.SimpleNamespace(config=config, **towers)))
+    assert fingerprints[0] == fingerprints[1] != model_fingerprint(model.model)
+
+
 def test_a_batch_mixing_encoded_and_new_videos(model):
     first, second = random_video_inputs(5, seed=1), random_video_inputs(12, seed=2)
     features = model.encode_videos(**first)

@@ -59,6 +59,8 @@ CI_TESTS = [
     "tests/test_mutation_guards.py::test_dino_score_equal_to_the_threshold_drops_the_frame",
     "tests/test_video_features.py::test_the_fingerprint_covers_every_tower_and_the_aggregator",
     "tests/test_video_features.py::test_the_fingerprint_ignores_what_features_do_not_depend_on",
+    "tests/test_video_features.py::test_the_fingerprint_survives_saving_and_loading_the_model",
+    "tests/test_video_features.py::test_the_fingerprint_does_not_depend_on_the_order_of_config_fields",
 ]
 
 
@@ -95,15 +97,21 @@ def prepare(workdir: Path, tests_at: str | None, full: bool) -> None:
             path.unlink()
         archive = subprocess.run(["git", "archive", tests_at, "tests"], cwd=REPO, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "--exclude=tests/fixtures"], cwd=workdir, input=archive.stdout, check=True)
-        # the test selection may name files that commit did not have
+        # the test selection may name files or tests that commit did not have
         config = "\n".join(line for line in config.splitlines()
-                           if not re.match(r"\s+(--deselect=)?tests/", line)
-                           or (workdir / line.split("=")[-1].strip().split("::")[0]).exists())
+                           if not re.match(r"\s+(--deselect=)?tests/", line) or _exists(workdir, line))
     setup = (REPO / "setup.cfg").read_text()
     (workdir / "setup.cfg").write_text(setup + "\n" + config + "\n")
     for name in ("model_card.md", "README.md"):
         if (REPO / name).exists():
             shutil.copy(REPO / name, workdir / name)
+
+
+def _exists(workdir: Path, line: str) -> bool:
+    """Whether a test-selection line (`tests/file.py` or `tests/file.py::test`) names something in the copy."""
+    path, _, test = line.split("=")[-1].strip().partition("::")
+    file = workdir / path
+    return file.exists() and (not test or re.search(rf"^def {re.escape(test)}\(", file.read_text(), re.M) is not None)
 
 
 def leave_out_other_functions(workdir: Path) -> None:
@@ -222,12 +230,14 @@ def main() -> int:
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--keep", action="store_true", help="keep the temporary work folder")
     parser.add_argument("--tests-at", metavar="COMMIT", help="run the tests of COMMIT (to compare with older tests)")
+    parser.add_argument("--all-tests", action="store_true",
+                        help="the CI subset's mutants against mutmut.cfg's whole test selection (as --full runs)")
     arguments = parser.parse_args()
 
     workdir = arguments.workdir or Path(tempfile.mkdtemp(prefix="longvu-mutation-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    prepare(workdir, arguments.tests_at, arguments.full)
+    prepare(workdir, arguments.tests_at, arguments.full or arguments.all_tests)
     if not arguments.full:
         leave_out_other_functions(workdir)
     globs = mutant_globs(arguments.full)

@@ -391,7 +391,10 @@ def _own_copy(tensor: torch.Tensor, owned: set) -> torch.Tensor:
 def model_fingerprint(model) -> str:
     """What encoded features depend on: the config (less per-call settings) and the towers' and aggregator's weights
     (a sample of every parameter, so that the check costs milliseconds)."""
-    config = {k: v for k, v in model.config.to_diff_dict().items() if k not in _NOT_IDENTITY}
+    def identity(values: dict) -> dict:  # sub-configs too: a reloaded model's say `dtype: "float32"`, not None
+        return {k: identity(v) if isinstance(v, dict) else v for k, v in values.items() if k not in _NOT_IDENTITY}
+
+    config = identity(model.config.to_diff_dict())
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for name in ("vision_tower", "dino_tower", "vision_aggregator"):
         for parameter_name, parameter in getattr(model, name).named_parameters():
