@@ -254,3 +254,48 @@ def test_live_inputs(stand_in):
     with pytest.raises(ValueError, match="`pixel_values_videos` holds 5 frames but `pixel_values_videos_dino` 4"):
         live.append(frames, frames[:4])
     assert live.num_frames == 4 and len(live.pending_pixels) == 1  # refused frames change nothing
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Edges of the selection functions
+# ------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_cap_applies_from_one_whole_window_on():
+    from longvu_hf.modeling import compression as C
+
+    survivors = torch.arange(4)
+    assert C.cap_selected_frames(survivors, num_frames=4, window_size=4, max_frames=3).tolist() == [0, 1, 2]
+    assert C.cap_selected_frames(survivors, num_frames=3, window_size=4, max_frames=3).tolist() == [0, 1, 2, 3]
+    assert C.cap_frame_indices(torch.tensor([5, 7, 9]), 3).tolist() == [5, 7, 9]  # exactly the cap: all kept
+
+
+def test_selection_of_nothing_is_an_empty_int64_selection():
+    from longvu_hf.modeling import compression as C
+
+    indices, scores = C.select_frames_in_windows(torch.zeros(0, 1, 2), 0.83, 4)
+    assert indices.dtype == torch.int64 and indices.shape == (0,) and scores == []
+    selection = C.select_frames(iter([]), 0.83, 4, 400)
+    assert selection.indices.dtype == torch.int64 and selection.indices.shape == (0,) and selection.features is None
+
+
+def test_kept_features_are_held_up_to_the_limit_and_dropped_past_it():
+    from longvu_hf.modeling import compression as C
+
+    frames = torch.nn.functional.one_hot(torch.arange(12) % 6, 6).float().unsqueeze(1)  # every frame kept
+    chunks = lambda: (frames[s : s + 4] for s in range(0, 12, 4))  # noqa: E731
+    assert C.select_frames(chunks(), 0.83, 4, 400, max_features_held=12).features.shape == (12, 1, 6)  # 12 = limit
+    dropped = C.select_frames(chunks(), 0.83, 4, 400, max_features_held=3)  # past it after the first chunk
+    assert dropped.features is None and dropped.indices.tolist() == list(range(12))
+
+
+def test_the_fingerprint_covers_every_value_of_small_parameters():
+    from longvu_hf.modeling.video_features import model_fingerprint
+
+    towers = {name: torch.nn.Linear(1, 2) for name in ("vision_tower", "dino_tower", "vision_aggregator")}
+    model = types.SimpleNamespace(config=types.SimpleNamespace(to_diff_dict=lambda: {"model_type": "longvu"}),
+                                  **towers)
+    before = model_fingerprint(model)
+    with torch.no_grad():
+        towers["dino_tower"].bias[1] += 1  # the last value of a 2-value parameter
+    assert model_fingerprint(model) != before
