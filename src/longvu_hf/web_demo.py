@@ -48,6 +48,7 @@ from typing import Any
 from PIL import Image
 from transformers import TextIteratorStreamer
 
+from .chat import tokenize_chat, video_chat_messages
 from .media_inputs import InputPolicy, InputRefused, MediaSource, check_decode_bounds, resolve_media
 
 DEFAULT_HOST = "127.0.0.1"
@@ -658,17 +659,7 @@ class VideoQuestionAnswerer:
     def text_inputs(self, conversation: Conversation, question: str) -> dict:
         """`input_ids`/`attention_mask` of the chat so far plus the new question, with the video (one placeholder) in
         the first user turn; tokenized as the processor's `apply_chat_template` does, without decoding the video."""
-        messages = []
-        for index, (asked, answered) in enumerate([*conversation.turns, (question, None)]):
-            content = [{"type": "text", "text": asked}]
-            if index == 0:
-                content.insert(0, {"type": "video"})
-            messages.append({"role": "user", "content": content})
-            if answered is not None:
-                messages.append({"role": "assistant", "content": [{"type": "text", "text": answered}]})
-        from .cli.pipeline import tokenize_chat
-
-        return tokenize_chat(self.processor, messages)
+        return tokenize_chat(self.processor, video_chat_messages(conversation.turns, question))
 
     def token_budget(self, text_inputs: dict, options: AskOptions) -> dict:
         """The call's token settings (`cli.effective_budget`: the same rule as the command line), with the

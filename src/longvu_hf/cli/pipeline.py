@@ -6,6 +6,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+from ..chat import tokenize_chat, video_chat_messages
 from ..media_inputs import InputPolicy, InputRefused, MediaSource, check_decode_bounds, resolve_media
 from ..modeling.compression import visual_budget
 from .errors import CLIError
@@ -124,19 +125,9 @@ def _prepare_resolved(
     return inputs, times
 
 
-def tokenize_chat(processor, messages: list[dict]) -> dict:
-    """`input_ids`/`attention_mask` of chat messages whose video is not decoded (one placeholder per video),
-    tokenized as the processor's `apply_chat_template` does: no second BOS when the template already writes one."""
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    tokenizer = processor.tokenizer
-    add_special = not (tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token))
-    return dict(tokenizer(text, add_special_tokens=add_special, return_tensors="pt"))
-
-
 def question_inputs(processor, question: str) -> dict:
     """The tokenized chat prompt for one more question about an already decoded video (one video placeholder)."""
-    message = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}
-    return tokenize_chat(processor, [message])
+    return tokenize_chat(processor, video_chat_messages([], question))
 
 
 def call_settings(model, args):

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ...chat import tokenize_chat, video_chat_messages
 from ...configuration_longvu import CompressionSettings
 from ...modeling.video_features import LongVUVideoFeatures
 
@@ -250,19 +251,8 @@ class LongVUEncoder:
         """The chat prompt of the checkpoint's template: the video placeholder and the first question, the earlier
         (question, answer) turns, then `question` (tokenized as `LongVUProcessor.apply_chat_template` does);
         `system` replaces the template's default system prompt."""
-        turns = [(q, a) for q, a in history] + [(question, None)]
-        messages = [] if system is None else [{"role": "system", "content": [{"type": "text", "text": system}]}]
-        for index, (asked, answered) in enumerate(turns):
-            content = [{"type": "text", "text": asked}]
-            if index == 0:
-                content.insert(0, {"type": "video"})
-            messages.append({"role": "user", "content": content})
-            if answered is not None:
-                messages.append({"role": "assistant", "content": [{"type": "text", "text": answered}]})
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        bos = self.tokenizer.bos_token
-        add_special = not (bos is not None and text.startswith(bos))
-        return list(self.tokenizer(text, add_special_tokens=add_special)["input_ids"])
+        messages = video_chat_messages(history, question, system)
+        return list(tokenize_chat(self.tokenizer, messages, tokenizer=self.tokenizer, return_tensors=None)["input_ids"])
 
     def _settings_for(self, request: LongVURequest, call_settings) -> CompressionSettings:
         for candidate in (request.compression_settings, call_settings):
