@@ -87,15 +87,27 @@ def prepare_inputs(
         return _prepare_resolved(processor, source, question, fps, max_frames, quiet, num_frames)
 
 
+def _check_bounds(source: MediaSource, fps: float | None, num_frames: int | None) -> None:
+    """The local user's policy bounds (none by default), checked before any frame is decoded."""
+    try:
+        check_decode_bounds(source, InputPolicy.local_user(), fps=fps, num_frames=num_frames)
+    except InputRefused as error:
+        raise CLIError(str(error)) from None
+
+
+def _unreadable(source: MediaSource, error: BaseException) -> CLIError:
+    """One line for a video the decoder or processor cannot read, naming it as the user gave it (not the temporary
+    file of a download)."""
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0].replace(str(source.path),
+                                                                                   source.display_name)
+    return CLIError(f"video {source.display_name}: cannot be read ({reason[:300]})")
+
+
 def _prepare_resolved(
     processor, source: MediaSource, question: str, fps: float | None, max_frames: int | None, quiet: bool,
     num_frames: int | None,
 ):
-    policy = InputPolicy.local_user()
-    try:  # the policy's bounds, before any frame is decoded (the local user's policy sets none by default)
-        check_decode_bounds(source, policy, fps=fps, num_frames=num_frames)
-    except InputRefused as error:
-        raise CLIError(str(error)) from None
+    _check_bounds(source, fps, num_frames)
     video = source.path
     messages = [{"role": "user", "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": question}]}]
     video_processor = processor.video_processor
@@ -114,9 +126,7 @@ def _prepare_resolved(
                 processor_kwargs=options,
             )
     except (ValueError, OSError, RuntimeError) as error:
-        # Messages name the video as the user gave it, not the temporary file of a download.
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].replace(str(video), source.display_name)
-        raise CLIError(f"video {source.display_name}: cannot be read ({reason[:300]})") from None
+        raise _unreadable(source, error) from None
     metadata = inputs.pop("video_metadata", None)
     times = None
     if metadata:
@@ -141,12 +151,8 @@ def encode_video_file(model, processor, video: MediaSource, args, quiet: bool):
     """The video's towers and aggregator, once, for all the questions, streamed: frames are decoded a chunk at a time
     and encoded as they arrive (`iter_video_chunks` + `LongVUModel.encode_video_stream`), so host memory does not
     grow with the video's length. The features equal `encode_videos` on the processor's whole output."""
-    policy = InputPolicy.local_user()
     fps, max_frames, num_frames = args.fps, args.max_frames, args.num_frames
-    try:  # the policy's bounds, before any frame is decoded
-        check_decode_bounds(video, policy, fps=fps, num_frames=num_frames)
-    except InputRefused as error:
-        raise CLIError(str(error)) from None
+    _check_bounds(video, fps, num_frames)
     options = {name: value for name, value in (("fps", fps), ("max_frames", max_frames), ("num_frames", num_frames))
                if value is not None}
     video_processor = processor.video_processor
@@ -156,10 +162,7 @@ def encode_video_file(model, processor, video: MediaSource, args, quiet: bool):
                 encoding_progress(model, chunks.num_frames, quiet):
             return model.encode_video_stream(chunks, compression_settings=call_settings(model, args))
     except (ValueError, OSError, RuntimeError) as error:
-        # Messages name the video as the user gave it, not the temporary file of a download.
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].replace(str(video.path),
-                                                                                          video.display_name)
-        raise CLIError(f"video {video.display_name}: cannot be read ({reason[:300]})") from None
+        raise _unreadable(video, error) from None
 
 
 def run_model(
