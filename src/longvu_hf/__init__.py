@@ -18,7 +18,14 @@ from transformers.utils import is_torchvision_available  # noqa: E402
 
 from .configuration_longvu import CompressionSettings, LongVUConfig  # noqa: E402
 from .media_inputs import InputPolicy, InputRefused, MediaSource, resolve_media  # noqa: E402
-from .modeling import LongVUForConditionalGeneration, LongVUModel, LongVUPreTrainedModel, LongVUVideoFeatures
+from .modeling import (  # noqa: E402
+    CompressionReport,
+    ImageCompressionReport,
+    LongVUForConditionalGeneration,
+    LongVUModel,
+    LongVUPreTrainedModel,
+    LongVUVideoFeatures,
+)
 from .processing import LongVUProcessor, LongVUVideoProcessor
 
 AutoConfig.register("longvu", LongVUConfig, exist_ok=True)
@@ -32,7 +39,9 @@ AutoProcessor.register(LongVUConfig, LongVUProcessor, exist_ok=True)
 __version__ = "0.1.0"
 
 __all__ = [
+    "CompressionReport",
     "CompressionSettings",
+    "ImageCompressionReport",
     "InputPolicy",
     "InputRefused",
     "LongVUConfig",

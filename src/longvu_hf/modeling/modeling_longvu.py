@@ -37,6 +37,7 @@ from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPo
 from transformers.utils import auto_docstring
 from transformers.utils.generic import can_return_tuple
 
+from .compression_report import CompressionReport, CompressionReports, ImageCompressionReport
 from .configuration_longvu import CompressionSettings, LongVUConfig
 from ..transformers_compat import (
     CACHE_NAME,
@@ -120,36 +121,6 @@ def check_input_ids(input_ids: torch.Tensor | None) -> None:
 def _encoding_settings(settings: CompressionSettings) -> dict:
     """The settings encoded video features depend on (see `video_features.settings_difference`)."""
     return {name: getattr(settings, name) for name in ("dino_threshold", "max_context_length", "context_margin")}
-
-
-class CompressionReports(Sequence):
-    """The compression report of each video (or image) of a call, in placeholder order: read-only dicts.
-
-    A video's report (`LongVUModel.compress_video` writes it): `num_input_frames` (sampled frames),
-    `kept_frame_indices` (after DINOv2 selection and the cap), `frame_selection_ran`, `high_res_frame_indices` (the
-    kept frames at full resolution), `tokens_per_frame` (one entry per kept frame, after STC), `path` ("none": every
-    kept frame as is, "mix": query-based high/low resolution mixing, "stc": spatial token compression),
-    `num_visual_tokens`, `budget` (the visual tokens the prompt leaves) and `stc_force_remove` (tokens STC had to
-    truncate). An image's: `num_visual_tokens`, `low_res`.
-
-    A sequence of its own rather than a list, so that transformers handles it as metadata (as it does a cache) and
-    never as tensors to compare or move.
-    """
-
-    def __init__(self, reports):
-        self._reports = tuple(reports)
-
-    def __getitem__(self, index):
-        return self._reports[index]
-
-    def __len__(self) -> int:
-        return len(self._reports)
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and not isinstance(other, str) and list(self) == list(other)
-
-    def __repr__(self) -> str:
-        return f"CompressionReports({list(self._reports)!r})"
 
 
 @auto_docstring(
@@ -787,7 +758,7 @@ class LongVUModel(LongVUPreTrainedModel):
                 video, video_dino, size_hw = next(pixels)
                 tokens, report, tower_output = self._encode_video(video, video_dino, size_hw, prompt, settings)
                 tower_outputs.append(tower_output)
-                stacked.append((len(video), report["kept_frame_indices"]))
+                stacked.append((len(video), report.kept_frame_indices))
             else:
                 tokens, report = self.compress_video(entry, prompt, settings)
             features.append(tokens)
@@ -886,7 +857,7 @@ class LongVUModel(LongVUPreTrainedModel):
 
     def compress_video(
         self, encoded: EncodedVideo, prompt: dict, settings: CompressionSettings
-    ) -> tuple[torch.Tensor, dict]:
+    ) -> tuple[torch.Tensor, CompressionReport]:
         """The question-dependent part of one video: the budget from its prompt, which frames are kept, resolution
         mixing by the query or STC. Returns the tokens and the compression report."""
         cfg = self.config
@@ -929,17 +900,17 @@ class LongVUModel(LongVUPreTrainedModel):
             high_res = kept[high_positions.cpu()].tolist()
         else:
             high_res = [] if use_low else kept.tolist()
-        report = {
-            "num_input_frames": num_frames,
-            "kept_frame_indices": kept.tolist(),
-            "frame_selection_ran": selection_ran,
-            "high_res_frame_indices": high_res,
-            "tokens_per_frame": [int(t) for t in tokens_per_frame],
-            "path": path,
-            "num_visual_tokens": int(tokens.shape[0]),
-            "budget": int(splice_budget),
-            "stc_force_remove": int(force_remove),
-        }
+        report = CompressionReport(
+            num_input_frames=num_frames,
+            kept_frame_indices=kept.tolist(),
+            frame_selection_ran=selection_ran,
+            high_res_frame_indices=high_res,
+            tokens_per_frame=[int(t) for t in tokens_per_frame],
+            path=path,
+            num_visual_tokens=int(tokens.shape[0]),
+            budget=int(splice_budget),
+            stc_force_remove=int(force_remove),
+        )
         return tokens, report
 
     def _encode_video(
@@ -995,7 +966,7 @@ class LongVUModel(LongVUPreTrainedModel):
             sva = self.aggregate(siglip[i : i + 1], dino[i : i + 1], size_wh)
             tokens = self.project_frames(sva, size_wh, low_res=self.config.highres)[0]
             features.append(tokens)
-            reports.append({"num_visual_tokens": int(tokens.shape[0]), "low_res": bool(self.config.highres)})
+            reports.append(ImageCompressionReport(num_visual_tokens=int(tokens.shape[0]), low_res=bool(self.config.highres)))
         return LongVUVisualFeaturesOutput(
             pooler_output=features, compression=CompressionReports(reports), **self._join_tower_outputs([tower_output])
         )
