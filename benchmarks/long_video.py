@@ -210,11 +210,12 @@ def measure(spec: dict) -> dict:
     def run(ids, pixels):
         if spec["impl"] == "ours":
             out = model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), **pixels, max_new_tokens=1, do_sample=False
+                input_ids=ids, attention_mask=torch.ones_like(ids), **pixels, max_new_tokens=1, do_sample=False,
+                return_dict_in_generate=True,
             )
-            report = model.last_compression["video"][0]
-            return {"token": int(out[0, -1]), "num_visual_tokens": report["num_visual_tokens"],
-                    "kept_frame_indices": report["kept_frame_indices"], "path": report["path"]}
+            report = out.compression[0]
+            return {"token": int(out.sequences[0, -1]), "num_visual_tokens": report.num_visual_tokens,
+                    "kept_frame_indices": report.kept_frame_indices, "path": report.path}
         return reference_first_token(model, ids, pixels, pixel_dtype)
 
     with torch.no_grad():

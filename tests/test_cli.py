@@ -95,14 +95,14 @@ def test_ask_streams_the_greedy_answer(model_dir, video, loaded):
     model, processor = loaded
     inputs, _ = model_inputs(processor, video, 2.0)
     with torch.no_grad():
-        generated = model.generate(**inputs, max_new_tokens=5, do_sample=False)
-    expected = processor.post_process_image_text_to_text(generated, prompt_input_ids=inputs["input_ids"])[0]
+        generated = model.generate(**inputs, max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
+    expected = processor.post_process_image_text_to_text(generated.sequences, prompt_input_ids=inputs["input_ids"])[0]
     assert done.stdout.strip() == expected.strip()
     assert expected.strip(), "the tiny model should say something"
     # the summary on stderr comes from the model's report
-    report = model.last_compression["video"][0]
-    assert f"{report['num_input_frames']} sampled frames (2 fps)" in done.stderr
-    assert f"{report['num_visual_tokens']} visual tokens for a budget of {report['budget']}" in done.stderr
+    report = generated.compression[0]
+    assert f"{report.num_input_frames} sampled frames (2 fps)" in done.stderr
+    assert f"{report.num_visual_tokens} visual tokens for a budget of {report.budget}" in done.stderr
 
 
 def test_decoding_bar_counts_the_sampled_frames(loaded, video, monkeypatch):
@@ -169,7 +169,7 @@ def test_report_html_with_answer_and_visual_token_cap(model_dir, video, loaded, 
     assert cli.main(argv) == 0
     report = json.loads(js.read_text())
     model, processor = loaded
-    # the answer path (generate) reports what model.last_compression holds for the same call
+    # the answer path (generate) reports what generate's output holds for the same call
     assert report["compression"] == expected_compression(model, processor, video, 8.0, max_visual_tokens=300,
                                                          generate=True)
     assert report["compression"]["budget"] == 300 >= report["compression"]["num_visual_tokens"]

@@ -152,7 +152,7 @@ def test_continuation_with_new_text_reads_the_video_from_the_cache(model):
     first = model.generate(input_ids=ids, **video, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
     follow_up = torch.cat([first.sequences, torch.tensor([[9, 10]])], dim=1)
     continued = model.generate(input_ids=follow_up, **{CACHE_NAME: cache_of(first)}, **GREEDY, output_logits=True,
-                               return_dict_in_generate=True)
+                               return_dict_in_generate=True, prompt_expansion=first.prompt_expansion)
     assert torch.equal(continued.sequences[:, : follow_up.shape[1]], follow_up)
     # the same as encoding the video again for the whole text (this short video's compression ignores the text)
     with torch.no_grad():
@@ -173,10 +173,16 @@ def test_continuation_refusals(model):
     edited = first.sequences.clone()
     edited[0, 0] = 9  # not the prompt the cache holds
     for sequences in (edited, first.sequences[:, :3], torch.cat([first.sequences] * 2)):
-        with pytest.raises(ValueError, match="placeholders but no pixels"):
-            model.generate(input_ids=sequences, **cache, **GREEDY)
+        with pytest.raises(ValueError, match="describes another prompt"):
+            model.generate(input_ids=sequences, **cache, **GREEDY, prompt_expansion=first.prompt_expansion)
+    # the cache alone does not describe the expansion: nothing is kept on transformers' objects
+    with pytest.raises(ValueError, match="placeholders but no pixels"):
+        model.generate(input_ids=first.sequences, **cache, **GREEDY)
+    with pytest.raises(ValueError, match="pass no pixels"):
+        model.generate(input_ids=first.sequences, **cache, **video, **GREEDY, prompt_expansion=first.prompt_expansion)
     # several sequences per prompt: the cache holds them all, it cannot continue one prompt
     several = model.generate(input_ids=ids, **video, num_beams=2, num_return_sequences=2, max_new_tokens=2,
                              do_sample=False, return_dict_in_generate=True)
+    assert several.prompt_expansion is None
     with pytest.raises(ValueError, match="placeholders but no pixels"):
         model.generate(input_ids=several.sequences[:1], **{CACHE_NAME: cache_of(several)}, **GREEDY)

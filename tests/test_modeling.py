@@ -155,14 +155,17 @@ def test_generate_encodes_once_and_matches_uncached(model, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(model.model, "get_video_features", counting)
-    cached = model.generate(**inputs, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+    cached_output = model.generate(**inputs, max_new_tokens=6, do_sample=False, min_new_tokens=6,
+                                   return_dict_in_generate=True)
+    cached = cached_output.sequences
     assert len(calls) == 1
     uncached = model.generate(**inputs, max_new_tokens=6, do_sample=False, min_new_tokens=6, use_cache=False)
     assert len(calls) == 2
     assert cached.tolist() == uncached.tolist()
     # the returned sequences hold the prompt as given, then the new tokens
     assert cached.shape[1] == 4 + 6 and cached[:, :4].tolist() == inputs["input_ids"].tolist()
-    assert model.last_compression["video"][0]["num_visual_tokens"] > 0
+    assert cached_output.compression[0].num_visual_tokens > 0
+    assert not hasattr(model, "last_compression")  # reports travel with each call's output, never on the model
     # the placeholders never appear among generated tokens
     assert not (cached[:, -6:] == V).any()
 
@@ -170,14 +173,14 @@ def test_generate_encodes_once_and_matches_uncached(model, monkeypatch):
 def test_left_padded_batch_equals_single_samples():
     model = make_tiny_model(max_context_length=420)  # small budget: selection, mixing and STC paths are exercised
     batch, singles = batch_of_two()
-    batch_out = model.generate(**batch, max_new_tokens=5, do_sample=False, min_new_tokens=5)
-    batch_reports = model.last_compression["video"]
+    greedy = {"max_new_tokens": 5, "do_sample": False, "min_new_tokens": 5, "return_dict_in_generate": True}
+    batch_out = model.generate(**batch, **greedy)
     for row, single in enumerate(singles):
-        single_out = model.generate(**single, max_new_tokens=5, do_sample=False, min_new_tokens=5)
-        assert batch_out[row, -5:].tolist() == single_out[0, -5:].tolist()
-        assert batch_reports[row] == model.last_compression["video"][0]
+        single_out = model.generate(**single, **greedy)
+        assert batch_out.sequences[row, -5:].tolist() == single_out.sequences[0, -5:].tolist()
+        assert batch_out.compression[row] == single_out.compression[0]
     # budgets come from each sample's own prompt, not from batch item 0
-    assert batch_reports[0]["budget"] != batch_reports[1]["budget"]
+    assert batch_out.compression[0].budget != batch_out.compression[1].budget
 
 
 def test_right_padded_batch_logits_equal_single_samples():
@@ -490,8 +493,9 @@ def test_max_visual_tokens_caps_the_video_per_call(model):
         full = model(**inputs).compression[0]
         capped = model(**inputs, max_visual_tokens=100).compression[0]
     assert full["num_visual_tokens"] > 100 >= capped["num_visual_tokens"] and capped["budget"] == 100
-    out = model.generate(**inputs, max_visual_tokens=100, max_new_tokens=2, do_sample=False)
-    assert model.last_compression["video"][0] == capped and out.shape[1] == 4 + 2
+    out = model.generate(**inputs, max_visual_tokens=100, max_new_tokens=2, do_sample=False,
+                         return_dict_in_generate=True)
+    assert out.compression[0] == capped and out.sequences.shape[1] == 4 + 2
     with pytest.raises(ValueError, match="max_visual_tokens"):
         model(**inputs, max_visual_tokens=0)
 
@@ -525,7 +529,7 @@ def test_generate_from_embeddings_positions_and_a_returned_cache(model):
     first = model.generate(input_ids=ids, **video, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
     continued = model.generate(
         input_ids=first.sequences, **{CACHE_NAME: cache_of(first)}, max_new_tokens=2, do_sample=False,
-        video_sizes=video["video_sizes"],
+        video_sizes=video["video_sizes"], prompt_expansion=first.prompt_expansion,  # stray metadata is ignored
     )
     assert torch.equal(continued, reference)
     with pytest.raises(ValueError, match="video_sizes"):

@@ -50,7 +50,7 @@ def _stats(values: list[float]) -> dict | None:
 
 
 def compression_summary(records: Sequence[dict]) -> dict:
-    """Frames and visual tokens per question, from `model.last_compression`."""
+    """Frames and visual tokens per question, from each answer's compression report."""
     answered = [r for r in records if not r.get("error")]
     summary = {name: _stats([r[name] for r in answered if r.get(name) is not None]) for name in COMPRESSION_FIELDS}
     summary["paths"] = dict(Counter(r.get("compression_path") for r in answered if r.get("compression_path")))
