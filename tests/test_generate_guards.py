@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from longvu_hf.transformers_compat import CACHE_NAME, cache_of
 
@@ -146,13 +147,15 @@ def test_a_batch_with_beams_returns_each_prompts_sequences_behind_it(model):
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def test_continuation_with_new_text_reads_the_video_from_the_cache(model):
+@pytest.mark.parametrize("explicit", [True, False], ids=["prompt_expansion", "cache_only"])
+def test_continuation_with_new_text_reads_the_video_from_the_cache(model, explicit):
     ids = torch.tensor([[5, 6, V, 7]])
     video = videos((2, 6))
     first = model.generate(input_ids=ids, **video, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
     follow_up = torch.cat([first.sequences, torch.tensor([[9, 10]])], dim=1)
+    expansion = {"prompt_expansion": first.prompt_expansion} if explicit else {}
     continued = model.generate(input_ids=follow_up, **{CACHE_NAME: cache_of(first)}, **GREEDY, output_logits=True,
-                               return_dict_in_generate=True, prompt_expansion=first.prompt_expansion)
+                               return_dict_in_generate=True, **expansion)
     assert torch.equal(continued.sequences[:, : follow_up.shape[1]], follow_up)
     # the same as encoding the video again for the whole text (this short video's compression ignores the text)
     with torch.no_grad():
@@ -175,9 +178,15 @@ def test_continuation_refusals(model):
     for sequences in (edited, first.sequences[:, :3], torch.cat([first.sequences] * 2)):
         with pytest.raises(ValueError, match="describes another prompt"):
             model.generate(input_ids=sequences, **cache, **GREEDY, prompt_expansion=first.prompt_expansion)
-    # the cache alone does not describe the expansion: nothing is kept on transformers' objects
-    with pytest.raises(ValueError, match="placeholders but no pixels"):
-        model.generate(input_ids=first.sequences, **cache, **GREEDY)
+    # transformers' way (sequences + cache, nothing else) finds the expansion by the cache's identity, only for the
+    # prompt it holds
+    for sequences in (edited, first.sequences[:, :3], torch.cat([first.sequences] * 2)):
+        with pytest.raises(ValueError, match="placeholders but no pixels"):
+            model.generate(input_ids=sequences, **cache, **GREEDY)
+    from longvu_hf.modeling.placeholder_expansion import expansion_of_cache
+
+    assert expansion_of_cache(cache_of(first)) is first.prompt_expansion
+    assert expansion_of_cache(DynamicCache(config=model.config.text_config)) is None  # another cache: nothing known
     with pytest.raises(ValueError, match="pass no pixels"):
         model.generate(input_ids=first.sequences, **cache, **video, **GREEDY, prompt_expansion=first.prompt_expansion)
     # several sequences per prompt: the cache holds them all, it cannot continue one prompt

@@ -18,10 +18,14 @@ on the question: only the model knows it. `expand_placeholders` repeats each pla
 (`forward` and `generate` both call it; the training collator writes prompts as written and leaves it to
 `forward`). `PromptExpansion` is what `generate` returns so that a later call can continue from its cache: the
 caller's prompt and the expanded prompt the cache holds, kept on the output rather than on transformers' objects.
+transformers' own way to continue (the returned `sequences` plus new text, with the returned cache and nothing else)
+works too: the expansion of each cache that `generate` returned is looked up by that cache's identity
+(`expansion_of_cache`), in a weak map that forgets it with the cache.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,17 +70,22 @@ class PromptExpansion:
     expanded_ids: torch.LongTensor
     expanded_attention_mask: torch.Tensor
 
+    def describes(self, input_ids: torch.LongTensor) -> bool:
+        """Whether `input_ids` start with the recorded prompt (same rows)."""
+        prompt = self.prompt_ids.to(input_ids.device)
+        return (
+            input_ids.shape[0] == prompt.shape[0]
+            and input_ids.shape[1] >= prompt.shape[1]
+            and torch.equal(input_ids[:, : prompt.shape[1]], prompt)
+        )
+
     def expand(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None
     ) -> tuple[torch.LongTensor, torch.Tensor]:
         """`input_ids` (the recorded prompt, then anything) with the recorded prompt replaced by its expanded form,
         and the matching attention mask; a ValueError when `input_ids` do not start with the recorded prompt."""
         prompt = self.prompt_ids.to(input_ids.device)
-        if (
-            input_ids.shape[0] != prompt.shape[0]
-            or input_ids.shape[1] < prompt.shape[1]
-            or not torch.equal(input_ids[:, : prompt.shape[1]], prompt)
-        ):
+        if not self.describes(input_ids):
             raise ValueError(
                 "`prompt_expansion` describes another prompt: `input_ids` must start with the `sequences` of the "
                 "generate call that returned it (same rows), followed by the new tokens"
@@ -86,6 +95,30 @@ class PromptExpansion:
         ids = torch.cat([self.expanded_ids.to(tail.device), tail], dim=1)
         mask = torch.cat([self.expanded_attention_mask.to(mask_tail.device, mask_tail.dtype), mask_tail], dim=1)
         return ids, mask
+
+
+# cache object -> the PromptExpansion of the generate call that returned it; weak, so nothing outlives the cache.
+_EXPANSION_OF_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def remember_cache_expansion(cache, expansion: PromptExpansion | None) -> None:
+    """Record which expanded prompt `cache` (returned by `generate`) holds; `None` forgets it."""
+    if cache is None:
+        return
+    if expansion is None:
+        _EXPANSION_OF_CACHE.pop(cache, None)
+    else:
+        _EXPANSION_OF_CACHE[cache] = expansion
+
+
+def expansion_of_cache(cache) -> PromptExpansion | None:
+    """The expansion `remember_cache_expansion` recorded for this cache object, if any."""
+    if cache is None:
+        return None
+    try:
+        return _EXPANSION_OF_CACHE.get(cache)
+    except TypeError:  # not weakly referenceable: never recorded
+        return None
 
 
 def expand_placeholders(
@@ -166,4 +199,10 @@ def expand_placeholders(
     return ExpandedInputs(**out)
 
 
-__all__ = ["ExpandedInputs", "PromptExpansion", "expand_placeholders"]
+__all__ = [
+    "ExpandedInputs",
+    "PromptExpansion",
+    "expand_placeholders",
+    "expansion_of_cache",
+    "remember_cache_expansion",
+]
