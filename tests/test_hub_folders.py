@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from longvu_hf import LongVUProcessor, LongVUVideoProcessor
-from longvu_hf.remote_code import MODEL_AUTO_MAP, PROCESSOR_AUTO_MAP, auto_map_sources
+from longvu_hf.remote_code import AUTO_MAP_FILES, MODEL_AUTO_MAP, PROCESSOR_AUTO_MAP
 
 from conftest import make_tiny_tokenizer
 from tiny_model import make_tiny_model, random_video_inputs
@@ -101,5 +101,19 @@ def test_processor_alone_and_model_alone(tmp_path):
 
 
 def test_auto_map_names_the_package_classes():
-    derived = {auto: f"{Path(file).stem}.{name}" for auto, (file, name) in auto_map_sources().items()}
+    from longvu_hf import (
+        LongVUConfig, LongVUForConditionalGeneration, LongVUModel, LongVUProcessor, LongVUVideoProcessor,
+    )
+
+    classes = {
+        "AutoConfig": LongVUConfig,
+        "AutoModel": LongVUModel,
+        "AutoModelForImageTextToText": LongVUForConditionalGeneration,
+        "AutoModelForMultimodalLM": LongVUForConditionalGeneration,
+        "AutoProcessor": LongVUProcessor,
+        "AutoVideoProcessor": LongVUVideoProcessor,
+    }
+    files = {auto: cls.__module__.removeprefix("longvu_hf.").replace(".", "/") + ".py" for auto, cls in classes.items()}
+    derived = {auto: f"{Path(files[auto]).stem}.{cls.__name__}" for auto, cls in classes.items()}
     assert derived == {**MODEL_AUTO_MAP, **PROCESSOR_AUTO_MAP}
+    assert sorted(set(files.values())) == sorted(AUTO_MAP_FILES)

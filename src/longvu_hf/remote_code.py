@@ -29,18 +29,14 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE_NAME = "longvu_hf"
 
-def _source_of(cls) -> tuple[str, str]:
-    """(package-relative file, class name) of one of the package's classes."""
-    return cls.__module__.removeprefix(PACKAGE_NAME + ".").replace(".", "/") + ".py", cls.__name__
-
-
 def _is_flat_copy() -> bool:
     """True when this module runs as Hub remote code (the flat copy), not from the installed package."""
     return not (PACKAGE_DIR / "modeling").is_dir()
 
 
-# What a saved folder's `auto_map`s name (flat module . class). Written out because the flat copy of this module
-# cannot import the package's classes; `auto_map_sources` derives the same from the classes (a test compares them).
+# What a saved folder's `auto_map`s name (flat module . class), and the package file each class lives in. Written out
+# rather than read from the classes: importing them here would tie this module into an import circle with the
+# config and processors that call it (tests/test_hub_folders.py checks both tables against the classes).
 MODEL_AUTO_MAP = {
     "AutoConfig": "configuration_longvu.LongVUConfig",
     "AutoModel": "modeling_longvu.LongVUModel",
@@ -51,25 +47,12 @@ PROCESSOR_AUTO_MAP = {
     "AutoProcessor": "processing_longvu.LongVUProcessor",
     "AutoVideoProcessor": "video_processing_longvu.LongVUVideoProcessor",
 }
-
-
-def auto_map_sources() -> dict[str, tuple[str, str]]:
-    """The auto classes a saved folder declares, each as (package-relative file, class name), read from the classes
-    themselves (installed package only)."""
-    from .modeling.configuration_longvu import LongVUConfig
-    from .modeling.modeling_longvu import LongVUForConditionalGeneration, LongVUModel
-    from .processing.processing_longvu import LongVUProcessor
-    from .processing.video_processing_longvu import LongVUVideoProcessor
-
-    classes = {
-        "AutoConfig": LongVUConfig,
-        "AutoModel": LongVUModel,
-        "AutoModelForImageTextToText": LongVUForConditionalGeneration,
-        "AutoModelForMultimodalLM": LongVUForConditionalGeneration,
-        "AutoProcessor": LongVUProcessor,
-        "AutoVideoProcessor": LongVUVideoProcessor,
-    }
-    return {auto: _source_of(cls) for auto, cls in classes.items()}
+AUTO_MAP_FILES = (
+    "modeling/configuration_longvu.py",
+    "modeling/modeling_longvu.py",
+    "processing/processing_longvu.py",
+    "processing/video_processing_longvu.py",
+)
 
 
 def _flat_reference(relative_file: str, class_name: str) -> str:
@@ -165,7 +148,7 @@ def _flat_sources() -> dict[str, str]:
     """Flat file name -> source of every remote-code file."""
     if _is_flat_copy():  # saving from remote code: this folder already holds the flat files
         return {p.name: p.read_text(encoding="utf-8") for p in sorted(PACKAGE_DIR.glob("*.py")) if p.name != "__init__.py"}
-    return remote_code_sources(sorted({where[0] for where in auto_map_sources().values()}))
+    return remote_code_sources(sorted(AUTO_MAP_FILES))
 
 
 def write_remote_code(folder: str | os.PathLike) -> list[str]:
