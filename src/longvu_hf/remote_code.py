@@ -55,10 +55,6 @@ AUTO_MAP_FILES = (
 )
 
 
-def _flat_reference(relative_file: str, class_name: str) -> str:
-    return f"{Path(relative_file).stem}.{class_name}"
-
-
 class RemoteCodeError(RuntimeError):
     """The package's imports cannot be flattened into Hub remote code (a packaging bug, not a user error)."""
 
