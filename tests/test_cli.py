@@ -18,7 +18,9 @@ from PIL import Image
 
 from longvu_hf import LongVUProcessor, LongVUVideoProcessor
 from longvu_hf import cli
+from longvu_hf.modeling.compression_report import CompressionReport
 from longvu_hf.report import build_report, frame_table
+from longvu_hf.session import BudgetError, VideoSession, plan_budget
 
 from conftest import make_tiny_tokenizer
 from tiny_model import make_tiny_model
@@ -63,9 +65,14 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def model_inputs(processor, video, fps):
-    inputs, times = cli.prepare_inputs(processor, Path(video), QUESTION, fps, None, quiet=True)
-    return inputs, times
+def model_inputs(processor, video, fps=None, num_frames=None):
+    """The processor's one-shot inputs for the chat prompt with the video (the reference the command must match)."""
+    messages = [{"role": "user", "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": QUESTION}]}]
+    options = {key: value for key, value in (("fps", fps), ("num_frames", num_frames)) if value is not None}
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt", processor_kwargs={"return_metadata": True, **options})
+    metadata = inputs.pop("video_metadata")
+    return inputs, [float(t) for t in metadata[0].timestamps]
 
 
 def expected_compression(
@@ -75,7 +82,8 @@ def expected_compression(
     command."""
     inputs, _ = model_inputs(processor, video, fps)
     prompt_tokens = int(inputs["attention_mask"].sum()) - 1
-    settings = cli.effective_budget(model.config, prompt_tokens, max_context_length, None, max_visual_tokens)["settings"]
+    settings = plan_budget(model.config, prompt_tokens, {"max_context_length": max_context_length,
+                                                         "max_visual_tokens": max_visual_tokens}).settings
     with torch.no_grad():
         if generate:
             output = model.generate(**inputs, max_new_tokens=3, do_sample=False, compression_settings=settings,
@@ -108,20 +116,24 @@ def test_ask_streams_the_greedy_answer(model_dir, video, loaded):
 def test_decoding_bar_counts_the_sampled_frames(loaded, video, monkeypatch):
     class RecordingBar:
         def __init__(self, **kwargs):
-            self.total, self.count, self.closed = kwargs.get("total"), 0, False
+            self.total, self.n, self.closed = kwargs.get("total"), 0, False
 
         def update(self, n=1):
-            self.count += n
+            self.n += n
 
         def close(self):
             self.closed = True
 
     bars = []
     monkeypatch.setattr(cli.progress, "_bar", lambda quiet, **kwargs: bars.append(RecordingBar(**kwargs)) or bars[-1])
-    _, processor = loaded
-    inputs, _ = cli.prepare_inputs(processor, Path(video), QUESTION, 2.0, None, quiet=False)
-    assert len(bars) == 1 and bars[0].closed
-    assert bars[0].count == bars[0].total == int(inputs["video_num_frames"].sum()) == 12
+    model, processor = loaded
+    with cli.progress.ProgressBars(quiet=False) as progress:
+        VideoSession.open(model, processor, str(video), fps=2.0, progress=progress)
+    decoding, dino, siglip = (progress.bars[stage] for stage in ("decoding", "DINOv2 (all frames)",
+                                                                   "SigLIP (kept frames)"))
+    assert all(bar.closed for bar in bars) and len(bars) == 3
+    assert decoding.n == decoding.total == dino.n == dino.total == 12
+    assert 0 < siglip.n <= 12
 
 
 def test_ask_quiet_prints_only_the_answer(model_dir, video, capsys):
@@ -146,13 +158,13 @@ def test_report_png_and_json_equal_the_model_report(model_dir, video, loaded, wo
     report = json.loads(js.read_text())
     model, processor = loaded
     expected = expected_compression(model, processor, video, 8.0, max_context_length=400)
-    assert report["compression"] == expected
+    assert report["compression"] == expected.to_dict()
     # this setting exercises frame selection and token compression, not the trivial path
-    assert expected["frame_selection_ran"] and expected["path"] in ("mix", "stc")
-    assert len(expected["kept_frame_indices"]) < expected["num_input_frames"] == 48
+    assert expected.frame_selection_ran and expected.path in ("mix", "stc")
+    assert len(expected.kept_frame_indices) < expected.num_input_frames == 48
     frames = report["frames"]
-    assert [f["index"] for f in frames if f["kept"]] == expected["kept_frame_indices"]
-    assert sum(f["tokens"] for f in frames) == expected["num_visual_tokens"] == report["budget"]["visual_tokens"]
+    assert [f["index"] for f in frames if f["kept"]] == expected.kept_frame_indices
+    assert sum(f["tokens"] for f in frames) == expected.num_visual_tokens == report["budget"]["visual_tokens"]
     assert report["budget"]["max_context_length"] == 400 and report["answer"] is None
     assert report["random_weights"] is False
     assert frames[8]["time_s"] == pytest.approx(1.0)  # frame 8 of 8-fps sampling
@@ -171,7 +183,7 @@ def test_report_html_with_answer_and_visual_token_cap(model_dir, video, loaded, 
     model, processor = loaded
     # the answer path (generate) reports what generate's output holds for the same call
     assert report["compression"] == expected_compression(model, processor, video, 8.0, max_visual_tokens=300,
-                                                         generate=True)
+                                                         generate=True).to_dict()
     assert report["compression"]["budget"] == 300 >= report["compression"]["num_visual_tokens"]
     assert report["budget"]["max_visual_tokens"] == 300 and report["answer"] is not None
     assert model.config.max_context_length == 1024, "the per-call budget must not stick to the model"
@@ -203,14 +215,18 @@ def test_interrupted_report_leaves_no_file(model_dir, video, tmp_path, monkeypat
 
 def test_frame_table_is_a_relayout_of_the_report():
     compression = {"num_input_frames": 5, "kept_frame_indices": [1, 3, 4], "high_res_frame_indices": [3],
-                   "tokens_per_frame": [40, 84, 0], "path": "mix", "num_visual_tokens": 124, "budget": 130}
+                   "tokens_per_frame": [40, 84, 0], "path": "mix", "num_visual_tokens": 124, "budget": 130,
+                   "frame_selection_ran": True, "stc_force_remove": 0}
     rows = frame_table(compression, [0.0, 0.5, 1.0, 1.5, 2.0])
     assert [(r["kept"], r["high_res"], r["tokens"]) for r in rows] == [
         (False, False, 0), (True, False, 40), (False, False, 0), (True, True, 84), (True, False, 0)]
     with pytest.raises(ValueError, match="tokens_per_frame"):
         frame_table(dict(compression, tokens_per_frame=[1]))
     report = build_report(compression, video="v.mp4", question="q", model_name="m", fps=2.0)
-    assert report["compression"] is compression and report["frames"][3]["time_s"] == 1.5
+    assert report["compression"] == compression and report["frames"][3]["time_s"] == 1.5
+    json.dumps(report)  # the typed report is stored as JSON
+    assert build_report(CompressionReport.from_dict(compression), video="v.mp4", question="q", model_name="m",
+                        fps=2.0) == report
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -238,22 +254,24 @@ def test_demo_runs_offline(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_effective_budget_and_per_call_override(loaded):
+def test_plan_budget_and_per_call_override(loaded):
     model, _ = loaded
     config = model.config
-    budget = cli.effective_budget(config, prompt_tokens=30)
-    assert budget["max_context_length"] == 1024 and budget["visual_budget"] == 1024 - 30 - 16
-    capped = cli.effective_budget(config, 30, max_visual_tokens=100)
-    assert capped["max_context_length"] == 1024 and capped["visual_budget"] == 100
+    budget = plan_budget(config, prompt_tokens=30)
+    assert budget.max_context_length == 1024 and budget.visual_budget == 1024 - 30 - 16
+    capped = plan_budget(config, 30, {"max_visual_tokens": 100})
+    assert capped.max_context_length == 1024 and capped.visual_budget == 100
     # a cap above what the context leaves changes nothing
-    assert cli.effective_budget(config, 30, max_visual_tokens=10_000)["visual_budget"] == 1024 - 30 - 16
-    with pytest.raises(cli.CLIError, match="at least 47"):
-        cli.effective_budget(config, 30, max_context_length=46)
-    with pytest.raises(cli.CLIError, match="--max-visual-tokens 0"):
-        cli.effective_budget(config, 30, max_visual_tokens=0)
-    with pytest.raises(cli.CLIError, match="--context-margin -1: must be 0 or more"):
-        cli.effective_budget(config, 30, context_margin=-1)
-    small = cli.effective_budget(config, 30, max_context_length=200, context_margin=4)["settings"]
+    assert plan_budget(config, 30, {"max_visual_tokens": 10_000}).visual_budget == 1024 - 30 - 16
+    with pytest.raises(BudgetError, match="at least 47"):
+        plan_budget(config, 30, {"max_context_length": 46})
+    for settings, message in (({"max_visual_tokens": 0}, "--max-visual-tokens 0: must be at least 1"),
+                              ({"context_margin": -1}, "--context-margin -1: must be 0 or more"),
+                              ({"max_context_length": 0}, "--max-context-length 0: must be a positive")):
+        with pytest.raises(BudgetError) as refused:
+            plan_budget(config, 30, settings)
+        assert refused.value.describe(cli.errors.option_name).startswith(message)
+    small = plan_budget(config, 30, {"max_context_length": 200, "context_margin": 4}).settings
     assert (small.max_context_length, small.context_margin) == (200, 4)
     assert (config.max_context_length, config.context_margin) == (1024, 16)  # the config is never changed
 
@@ -337,9 +355,8 @@ def test_url_videos_are_resolved_before_the_model_loads(model_dir, capsys):
 
 
 def test_num_frames_option_and_its_exclusion_with_fps(loaded, video, capsys):
-    _, processor = loaded
-    inputs, _ = cli.prepare_inputs(processor, Path(video), QUESTION, None, None, quiet=True, num_frames=3)
-    assert inputs["video_num_frames"].tolist() == [3]
+    model, processor = loaded
+    assert VideoSession.open(model, processor, str(video), num_frames=3).info.num_frames == 3
     assert cli.main(["ask", str(video), QUESTION, "--fps", "1", "--num-frames", "3"]) == 2
     assert "not allowed with argument" in capsys.readouterr().err
 
@@ -452,9 +469,9 @@ def test_several_questions_encode_the_video_once(model_dir, video, loaded, monke
     model, _ = loaded
     calls = []
     monkeypatch.setattr(cli.commands, "_load_for", lambda args: (model, loaded[1], "tiny"))
-    for name in ("encode_video", "encode_video_stream"):
-        original = getattr(type(model.model), name)
-        monkeypatch.setattr(type(model.model), name,
+    for name in ("encode_videos", "encode_video_stream"):
+        original = getattr(model, name)
+        monkeypatch.setattr(model, name,
                             lambda *a, _name=name, _original=original, **k: calls.append(_name) or _original(*a, **k))
     assert cli.main(["ask", str(video), *questions, "--max-new-tokens", "2", "--quiet"]) == 0
     assert calls == ["encode_video_stream"]

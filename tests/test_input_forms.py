@@ -37,8 +37,9 @@ def test_piped_chat_answers_every_question_past_blank_lines(tmp_path, monkeypatc
     LongVUProcessor(tokenizer, LongVUVideoProcessor()).save_pretrained(folder)
     clip = cli.write_demo_clip(tmp_path / "clip.mp4", seconds=2, fps=4, width=64, height=36)
     asked = []
-    original = commands.question_inputs
-    monkeypatch.setattr(commands, "question_inputs", lambda processor, q: asked.append(q) or original(processor, q))
+    original = commands.answer_question
+    monkeypatch.setattr(commands, "answer_question",
+                        lambda session, q, args, **kw: asked.append(q) or original(session, q, args, **kw))
     monkeypatch.setattr("sys.stdin", io.StringIO("What moves ?\n\n\nWhat colour ?\n   \n\tHow many ?\n"))
     status = cli.main(["chat", str(clip), "--model", str(folder), "--max-new-tokens", "1", "--quiet"])
     assert status == 0, capsys.readouterr().err

@@ -244,8 +244,8 @@ def test_answer_streams_then_report(answerer, clip):
 
 def test_follow_up_reuses_decoded_frames_and_keeps_history(answerer, clip, monkeypatch):
     encodings = []
-    encode = answerer.model.encode_videos
-    monkeypatch.setattr(answerer.model, "encode_videos", lambda *a, **k: encodings.append(1) or encode(*a, **k))
+    encode = answerer.model.encode_video_stream  # the page streams the video into the towers
+    monkeypatch.setattr(answerer.model, "encode_video_stream", lambda *a, **k: encodings.append(1) or encode(*a, **k))
     first = assert_answered(run(answerer, None, str(clip), QUESTION))
     second = assert_answered(run(answerer, None, str(clip), "and then ?", first.conversation))
     assert "Question 2" in second.status and "reused" in second.status and "ran again" in second.status
@@ -253,9 +253,11 @@ def test_follow_up_reuses_decoded_frames_and_keeps_history(answerer, clip, monke
     assert [q for q, _ in second.conversation.turns] == [QUESTION, "and then ?"]
     assert second.report["budget"]["prompt_tokens"] > first.report["budget"]["prompt_tokens"]
     # Other options mean another decoding, and a new conversation.
+    before = len(encodings)
     other = assert_answered(run(answerer, None, str(clip), QUESTION, second.conversation,
                                 AskOptions(fps=0.5, max_frames=4, max_visual_tokens=100, max_new_tokens=4)))
     assert "New conversation" in other.status and len(other.conversation.turns) == 1
+    assert len(encodings) == before + 1  # the other options were streamed into the towers once more
     assert other.report["compression"]["num_input_frames"] == 4
     assert other.report["compression"]["num_visual_tokens"] <= 100
 

@@ -1,7 +1,8 @@
 """The compression report of one video, as JSON, a PNG picture or a self-contained HTML page.
 
-Every number comes from the model's own report (`out.compression[i]` from `forward`, or
-`model.last_compression["video"][i]` from `generate`); this module only lays it out. The picture shows, over the
+Every number comes from the model's own report (a `CompressionReport`: `out.compression[i]` from `forward` or
+`generate(..., return_dict_in_generate=True)`, or `answer.compression` from `longvu_hf.session`); this module only lays
+it out. The report's JSON holds the compression report as `CompressionReport.to_dict()`. The picture shows, over the
 sampled frames: which frames DINOv2 selection kept or dropped, which kept frames the text query gave full resolution,
 how many tokens each kept frame has after STC, thumbnails of kept frames, and the token budget.
 
@@ -9,8 +10,8 @@ Example:
 
 ```python
 >>> from longvu_hf.report import build_report, save_report
->>> out = model.generate(**inputs, max_new_tokens=64)
->>> report = build_report(model.last_compression["video"][0], video="clip.mp4", question="What happens?",
+>>> out = model.generate(**inputs, max_new_tokens=64, return_dict_in_generate=True)
+>>> report = build_report(out.compression[0], video="clip.mp4", question="What happens?",
 ...                       model_name="my-longvu", fps=1.0)
 >>> save_report(report, "report.png", json_path="report.json", frames=inputs["pixel_values_videos"],
 ...             video_size=(720, 1280))
@@ -34,6 +35,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .modeling.compression_report import CompressionReport
+
 REPORT_FORMATS = (".png", ".html")
 
 # Colours of the picture.
@@ -55,21 +58,27 @@ MAX_THUMBNAILS = 24
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def frame_table(compression: dict, frame_times: Sequence[float] | None = None) -> list[dict]:
+def as_compression_report(compression: CompressionReport | dict) -> CompressionReport:
+    """The typed report (from its JSON dict if need be)."""
+    return compression if isinstance(compression, CompressionReport) else CompressionReport.from_dict(compression)
+
+
+def frame_table(compression: CompressionReport | dict, frame_times: Sequence[float] | None = None) -> list[dict]:
     """One row per sampled frame: kept by DINO selection, full resolution, tokens kept (0 when dropped).
 
     A re-layout of the model's report: `tokens_per_frame[j]` belongs to `kept_frame_indices[j]`.
     """
-    kept = list(compression["kept_frame_indices"])
-    tokens = list(compression["tokens_per_frame"])
+    compression = as_compression_report(compression)
+    kept = list(compression.kept_frame_indices)
+    tokens = list(compression.tokens_per_frame)
     if len(kept) != len(tokens):
         raise ValueError(
             f"Malformed compression report: {len(kept)} kept frames but {len(tokens)} entries in tokens_per_frame"
         )
     tokens_by_frame = dict(zip(kept, tokens))
-    high = set(compression.get("high_res_frame_indices") or [])
+    high = set(compression.high_res_frame_indices or [])
     rows = []
-    for index in range(int(compression["num_input_frames"])):
+    for index in range(int(compression.num_input_frames)):
         row = {"index": index, "kept": index in tokens_by_frame, "high_res": index in high,
                "tokens": int(tokens_by_frame.get(index, 0))}
         if frame_times is not None:
@@ -79,7 +88,7 @@ def frame_table(compression: dict, frame_times: Sequence[float] | None = None) -
 
 
 def build_report(
-    compression: dict,
+    compression: CompressionReport | dict,
     *,
     video: str,
     question: str,
@@ -93,15 +102,17 @@ def build_report(
     """The JSON payload of a report.
 
     Args:
-        compression: the model's report for this video, stored unchanged under `"compression"`.
+        compression: the model's report for this video, stored under `"compression"` as its `to_dict()`.
         video, question, model_name: what was asked of which model.
         fps: sampling rate, used for frame times when `frame_times` is not given.
         frame_times: time in seconds of every sampled frame.
         answer: the generated answer, if any.
         random_weights: the model has random weights (demo): the picture says so.
-        budget: the token settings of the call (`max_context_length`, `context_margin`, `max_visual_tokens`, ...).
+        budget: the token settings of the call (`TokenBudget.to_dict()`: `max_context_length`, `context_margin`,
+            `max_visual_tokens`, ...).
     """
-    num_frames = int(compression["num_input_frames"])
+    compression = as_compression_report(compression)
+    num_frames = int(compression.num_input_frames)
     if frame_times is None and fps:
         frame_times = [i / float(fps) for i in range(num_frames)]
     if frame_times is not None and len(frame_times) != num_frames:
@@ -112,8 +123,8 @@ def build_report(
         "model": model_name,
         "random_weights": bool(random_weights),
         "sampling": {"fps": fps, "num_frames": num_frames},
-        "budget": dict(budget or {}, visual_budget=compression["budget"], visual_tokens=compression["num_visual_tokens"]),
-        "compression": compression,
+        "budget": dict(budget or {}, visual_budget=compression.budget, visual_tokens=compression.num_visual_tokens),
+        "compression": compression.to_dict(),
         "frames": frame_table(compression, frame_times),
         "answer": answer,
     }
@@ -190,22 +201,28 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
 
 
 def summary_lines(report: dict) -> list[str]:
-    """The report in a few sentences (also printed by the command)."""
-    comp = report["compression"]
-    n, kept = comp["num_input_frames"], len(comp["kept_frame_indices"])
-    high = len(comp.get("high_res_frame_indices") or [])
+    """The report (from `build_report`) in a few sentences (also printed by the command)."""
+    return compression_summary(report["compression"], report["sampling"].get("fps"), report.get("budget"))
+
+
+def compression_summary(
+    compression: CompressionReport | dict, fps: float | None = None, budget: dict | None = None
+) -> list[str]:
+    """A compression report (and the call's `budget`, `TokenBudget.to_dict()`) in a few sentences."""
+    comp = as_compression_report(compression)
+    n, kept = comp.num_input_frames, len(comp.kept_frame_indices)
+    high = len(comp.high_res_frame_indices or [])
     path = {"none": "no token compression needed", "mix": "query-based high/low resolution mixing",
-            "stc": "spatial token compression (STC)"}.get(comp["path"], comp["path"])
-    fps = report["sampling"].get("fps")
+            "stc": "spatial token compression (STC)"}.get(comp.path, comp.path)
     lines = [
         f"{n} sampled frames" + (f" ({fps:g} fps)" if fps else "")
         + f"; DINOv2 selection kept {kept} and dropped {n - kept}"
-        + ("" if comp.get("frame_selection_ran", True) else " (the video fits: selection did not run)"),
+        + ("" if comp.frame_selection_ran else " (the video fits: selection did not run)"),
         f"{high} kept frames at full resolution, {kept - high} at low resolution; path: {path}",
-        f"{comp['num_visual_tokens']} visual tokens for a budget of {comp['budget']}"
-        + (f" ({100.0 * comp['num_visual_tokens'] / comp['budget']:.1f}% used)" if comp["budget"] > 0 else ""),
+        f"{comp.num_visual_tokens} visual tokens for a budget of {comp.budget}"
+        + (f" ({100.0 * comp.num_visual_tokens / comp.budget:.1f}% used)" if comp.budget > 0 else ""),
     ]
-    budget = report.get("budget") or {}
+    budget = budget or {}
     settings = [f"{key}={budget[key]}" for key in ("max_context_length", "context_margin", "max_visual_tokens")
                 if budget.get(key) is not None]
     if settings:
@@ -216,7 +233,7 @@ def summary_lines(report: dict) -> list[str]:
 def render_png(report: dict, thumbnails: dict[int, Image.Image] | None = None) -> Image.Image:
     """Draw the report: header, frame timeline, tokens per kept frame, budget bar, thumbnails, legend."""
     thumbnails = thumbnails or {}
-    comp, rows = report["compression"], report["frames"]
+    comp, rows = as_compression_report(report["compression"]), report["frames"]
     title_font, font, small = _font(22), _font(15), _font(12)
     scratch = ImageDraw.Draw(Image.new("RGB", (10, 10)))
     plot_w = WIDTH - 2 * MARGIN
@@ -292,10 +309,10 @@ def render_png(report: dict, thumbnails: dict[int, Image.Image] | None = None) -
     y = base + 30
 
     # Budget bar: tokens used by full- and low-resolution frames against the budget.
-    budget = max(1, int(comp["budget"]))
+    budget = max(1, int(comp.budget))
     used_high = sum(r["tokens"] for r in rows if r["high_res"])
     used_low = sum(r["tokens"] for r in rows if r["kept"] and not r["high_res"])
-    draw.text((MARGIN, y), f"visual tokens: {comp['num_visual_tokens']} of a budget of {comp['budget']}",
+    draw.text((MARGIN, y), f"visual tokens: {comp.num_visual_tokens} of a budget of {comp.budget}",
               fill=TEXT, font=font)
     y += 24
     draw.rectangle([MARGIN, y, MARGIN + plot_w, y + budget_h], outline=MUTED, fill=(245, 245, 245))
@@ -308,7 +325,7 @@ def render_png(report: dict, thumbnails: dict[int, Image.Image] | None = None) -
     y += budget_h + 26
 
     if thumb_items:
-        draw.text((MARGIN, y), f"kept frames ({len(thumb_items)} of {len(comp['kept_frame_indices'])} shown)",
+        draw.text((MARGIN, y), f"kept frames ({len(thumb_items)} of {len(comp.kept_frame_indices)} shown)",
                   fill=TEXT, font=font)
         y += 26
         for k, (index, thumb) in enumerate(thumb_items):
@@ -402,8 +419,12 @@ def make_thumbnails(
     """Thumbnails of (at most `limit`) kept frames from the processor's uint8 `pixel_values_videos` of this video."""
     if frames is None:
         return {}
-    picks = pick_thumbnail_frames(report["compression"]["kept_frame_indices"], limit)
-    return {i: thumbnail_from_pixels(frames[i], video_size, 90) for i in picks}
+    return {i: thumbnail_from_pixels(frames[i], video_size, 90) for i in thumbnail_picks(report, limit)}
+
+
+def thumbnail_picks(report: dict, limit: int = MAX_THUMBNAILS) -> list[int]:
+    """The sampled frames whose thumbnails the picture shows: at most `limit` kept frames, evenly spread."""
+    return pick_thumbnail_frames(as_compression_report(report["compression"]).kept_frame_indices, limit)
 
 
 def save_report(
@@ -413,18 +434,23 @@ def save_report(
     json_path: str | os.PathLike | None = None,
     frames: Any = None,
     video_size: tuple[int, int] | None = None,
+    thumbnails: dict[int, Image.Image] | None = None,
 ) -> None:
     """Write the picture (`.png`, or `.html` with the picture embedded) and/or the JSON, each atomically.
 
     Args:
         frames: the processor's uint8 `pixel_values_videos` of this video, for the thumbnails (optional).
         video_size: (height, width) of the source video, to crop the padding off the thumbnails.
+        thumbnails: thumbnails already made, by sampled frame (`VideoInfo.thumbnail_images(thumbnail_picks(report))`
+            of a streamed video), instead of `frames`.
     """
     if out_path is not None:
         suffix = Path(out_path).suffix.lower()
         if suffix not in REPORT_FORMATS:
             raise ValueError(f"--out {out_path}: the report is written as .png or .html, not {suffix or 'no suffix'!r}")
-        image = render_png(report, make_thumbnails(report, frames, video_size))
+        if thumbnails is None:
+            thumbnails = make_thumbnails(report, frames, video_size)
+        image = render_png(report, thumbnails)
         if suffix == ".png":
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")
@@ -440,4 +466,5 @@ def save_report(
         write_atomically(json_path, json_data)
 
 
-__all__ = ["build_report", "frame_table", "render_html", "render_png", "save_report", "summary_lines"]
+__all__ = ["build_report", "compression_summary", "frame_table", "render_html", "render_png", "save_report",
+           "summary_lines", "thumbnail_picks"]

@@ -208,4 +208,23 @@ def write_scene_clip(
     return Path(path)
 
 
-__all__ = ["save_tiny_model", "tiny_config", "tiny_model", "tiny_tokenizer", "write_scene_clip"]
+# The demo's context: small enough that its 90-frame clip goes through selection and mixing (1024: STC).
+DEMO_CONTEXT_LENGTH = 3500
+
+
+def demo_model_and_processor(max_context_length: int = DEMO_CONTEXT_LENGTH):
+    """The demo's tiny random model (real input geometry, `DEMO_CONTEXT_LENGTH`) and its processor, built offline;
+    used by `longvu demo` and the web page's offline mode."""
+    from .processing import LongVUProcessor, LongVUVideoProcessor
+
+    tokenizer = tiny_tokenizer()
+    return tiny_model(tokenizer, max_context_length=max_context_length), LongVUProcessor(tokenizer, LongVUVideoProcessor())
+
+
+def write_demo_clip(path: str | os.PathLike, seconds: int = 90, fps: int = 2, width: int = 128, height: int = 72) -> Path:
+    """The demo's clip: scenes of flat colour with a moving square (`write_scene_clip`, needs PyAV)."""
+    return write_scene_clip(path, seconds=seconds, fps=fps, width=width, height=height)
+
+
+__all__ = ["DEMO_CONTEXT_LENGTH", "demo_model_and_processor", "save_tiny_model", "tiny_config", "tiny_model",
+           "tiny_tokenizer", "write_demo_clip", "write_scene_clip"]

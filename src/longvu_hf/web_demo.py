@@ -6,10 +6,12 @@
 
 The page takes an upload or an http(s) URL (paths on the server only with `allow_local_paths=True`), a question and
 three options (fps, frame cap, token budget), streams the answer token by token and shows the compression report
-beside it (the picture of `longvu report` and its numbers). Several questions on the same video form a conversation:
-the decoded frames and the towers' work (DINOv2, SigLIP and the aggregator, `model.encode_videos`) are kept and
-reused; only the compression runs again for every question, because the question decides which frames keep full
-resolution (and the earlier turns, which are in the prompt, take tokens from the video's budget).
+beside it (the picture of `longvu report` and its numbers). The work is the library's (`longvu_hf.session`): the video
+is streamed into the towers as it is decoded (the host never holds all its frames; small thumbnails are kept for the
+report), once per video and options. Several questions on the same video form a conversation: the towers' work
+(DINOv2, SigLIP and the aggregator) is reused; only the compression runs again for every question, because the
+question decides which frames keep full resolution (and the earlier turns, which are in the prompt, take tokens from
+the video's budget). The page imports the library only (`loading`, `session`, `tiny`), never the command line.
 
 Anyone who reaches the page is a stranger (README, "Running the page in public"). Every input goes through
 `longvu_hf.media_inputs` under the page's `InputPolicy` (public addresses only, no server paths unless asked for,
@@ -48,8 +50,8 @@ from typing import Any
 from PIL import Image
 from transformers import TextIteratorStreamer
 
-from .chat import tokenize_chat, video_chat_messages
 from .media_inputs import InputPolicy, InputRefused, MediaSource, check_decode_bounds, resolve_media
+from .session import BudgetError, TokenBudget, VideoReadError, VideoSession
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -152,28 +154,31 @@ class AskOptions:
 
 @dataclasses.dataclass
 class DecodedVideo:
-    """One video decoded and sampled by the processor, kept between the questions of a conversation.
+    """One video decoded and encoded (streamed into the towers: a `VideoSession`), kept between the questions of a
+    conversation.
 
     Example:
 
     ```python
     >>> decoded, from_cache = answerer.decode(request, AskOptions(fps=1.0))
-    >>> decoded.num_frames, decoded.pixel_inputs["pixel_values_videos"].dtype
-    (60, torch.uint8)
+    >>> decoded.num_frames, decoded.session.info.frame_times[:2]
+    (60, [0.0, 1.0])
     ```
     """
 
     key: tuple  # (where it came from, its identity, fps, frame cap): another key means another decoding
     label: str  # how the page names the video (the user's input, never a server path)
-    pixel_inputs: dict  # pixel_values_videos(_dino), video_num_frames, video_sizes: uint8, on the CPU
-    frame_times: list[float] | None
+    session: VideoSession  # the towers' output and the report's thumbnails (not the frames)
     duration_s: float | None
-    decode_seconds: float
-    features: Any = None  # the towers' output (`encode_videos`), made by the first question and reused after it
+    decode_seconds: float  # decoding and the towers (they overlap)
 
     @property
     def num_frames(self) -> int:
-        return int(self.pixel_inputs["video_num_frames"][0])
+        return self.session.info.num_frames
+
+    @property
+    def frame_times(self) -> list[float] | None:
+        return self.session.info.frame_times
 
 
 @dataclasses.dataclass
@@ -208,7 +213,7 @@ class PageUpdate:
     ```python
     >>> for update in answerer.ask(None, EXAMPLE_NAME, "What happens?", Conversation(), AskOptions()):
     ...     print(update.status, update.answer)  # progress, then the answer growing, then "Done: ..."
-    >>> update.done, update.report["compression"]["path"]
+    >>> update.done, update.report["compression"]["path"]  # the report's JSON (`CompressionReport.to_dict()`)
     (True, 'mix')
     ```
     """
@@ -473,7 +478,7 @@ class VideoQuestionAnswerer:
         self.folders = folders or PageFolders()
         # One model, one request at a time (Gradio's queue runs one too; the lock also covers direct callers).
         self._lock = threading.Lock()
-        # Only the last decoded video is kept: one hour at 1 fps is about 3 GB of uint8 frames.
+        # Only the last encoded video is kept (its features and thumbnails; the frames are never all held).
         self._decoded: DecodedVideo | None = None
         self._kept_uploads: collections.OrderedDict[Path, None] = collections.OrderedDict()
         self._uploads_lock = threading.Lock()  # the worker of a request may still end while the next one starts
@@ -622,35 +627,28 @@ class VideoQuestionAnswerer:
             self._discard_upload(oldest)
 
     def decode(
-        self, request: VideoRequest, options: AskOptions, on_frames: Callable[[int], None] | None = None
+        self, request: VideoRequest, options: AskOptions,
+        progress: Callable[[str, int, int | None], None] | None = None,
     ) -> tuple[DecodedVideo, bool]:
-        """The sampled, resized frames of the request's video and whether they came from the cache (same video and
-        options)."""
+        """The request's video streamed into the towers (`VideoSession.open` under the page's policy: decoding and
+        encoding overlap, the host holds a few chunks), and whether it came from the cache (same video and options).
+        `progress(stage, count, total)` hears of every chunk; it may raise to stop the work."""
         if self._decoded is not None and self._decoded.key == request.key:
             return self._decoded, True
-        if request.source is None:  # the cached frames of this URL went since the request was planned
+        if request.source is None:  # the cached encoding of this URL went since the request was planned
             raise DemoInputError("The frames of this video are no longer in memory: ask again.")
-        self._decoded = None  # let the previous video's frames go before decoding the next one
-        video_processor = self.processor.video_processor
+        self._decoded = None  # let the previous video's encoding go before the next one
         started = time.perf_counter()
-        progress = video_processor.frame_progress(on_frames) if on_frames else contextlib.nullcontext()
         try:
-            with progress:
-                out = video_processor(
-                    str(request.source.path), fps=request.fps, max_frames=request.max_frames, do_sample_frames=True,
-                    return_metadata=True, return_tensors="pt",
-                )
-        except DemoInputError:
-            raise
-        except (ValueError, OSError, RuntimeError) as error:
+            session = VideoSession.open(
+                self.model, self.processor, request.source, policy=self.policy, fps=request.fps,
+                max_frames=request.max_frames, progress=progress, keep_thumbnails=True,
+            )
+        except VideoReadError as error:
             raise DemoInputError(f"Cannot read this video: {self._public(error, request.source)}") from None
-        metadata = out.pop("video_metadata")[0]
-        times = None
-        with contextlib.suppress(Exception):  # frame folders without a frame rate have no times
-            times = [float(t) for t in metadata.timestamps]
         self._decoded = DecodedVideo(
-            key=request.key, label=request.label, pixel_inputs=dict(out), frame_times=times,
-            duration_s=metadata.duration, decode_seconds=time.perf_counter() - started,
+            key=request.key, label=request.label, session=session, duration_s=request.source.duration,
+            decode_seconds=time.perf_counter() - started,
         )
         return self._decoded, False
 
@@ -658,23 +656,21 @@ class VideoQuestionAnswerer:
 
     def text_inputs(self, conversation: Conversation, question: str) -> dict:
         """`input_ids`/`attention_mask` of the chat so far plus the new question, with the video (one placeholder) in
-        the first user turn; tokenized as the processor's `apply_chat_template` does, without decoding the video."""
-        return tokenize_chat(self.processor, video_chat_messages(conversation.turns, question))
+        the first user turn; tokenized as the processor's `apply_chat_template` does (`VideoSession.prompt`)."""
+        return VideoSession(self.model, self.processor, None).prompt(question, conversation.turns)
 
-    def token_budget(self, text_inputs: dict, options: AskOptions) -> dict:
-        """The call's token settings (`cli.effective_budget`: the same rule as the command line), with the
-        `CompressionSettings` to pass to `generate`; refuses a prompt that leaves no room for the video."""
-        from .cli import CLIError, effective_budget
-
-        config = self.model.config
-        placeholders = int((text_inputs["input_ids"] == config.video_token_id).sum())
-        prompt_tokens = int(text_inputs["attention_mask"].sum()) - placeholders
+    def token_budget(self, text_inputs: dict, options: AskOptions) -> TokenBudget:
+        """The call's token budget (`session.plan_budget`: the same rule as every front end); refuses a prompt that
+        leaves no room for the video."""
         try:
-            return effective_budget(config, prompt_tokens, max_visual_tokens=options.max_visual_tokens)
-        except CLIError:
+            return VideoSession(self.model, self.processor, None).budget(
+                text_inputs, {"max_visual_tokens": options.max_visual_tokens})
+        except BudgetError as error:
+            if not error.no_room:
+                raise DemoInputError(error.describe(lambda name: name.replace("max_visual_tokens", "token budget")))
             raise DemoInputError(
-                f"The conversation is now {prompt_tokens} tokens, which leaves no room for the video in the model's "
-                f"context of {config.max_context_length} tokens: press \"Clear conversation\" and ask again."
+                f"The conversation is now {error.prompt_tokens} tokens, which leaves no room for the video in the "
+                f"model's context of {error.value} tokens: press \"Clear conversation\" and ask again."
             ) from None
 
     # -- one request -------------------------------------------------------------------------------------------------
@@ -744,11 +740,9 @@ class VideoQuestionAnswerer:
         self, request: VideoRequest, question: str, conversation: Conversation, options: AskOptions,
         events: queue.Queue, deadline: float | None,
     ) -> tuple[str, Any]:
-        """Decode (or reuse), encode + compress + generate, report; progress goes to `events`, the last event
+        """Decode and encode (or reuse), compress + generate, report; progress goes to `events`, the last event
         (`("done", ...)` or `("error", message)`) is returned."""
-        import torch
-
-        from .report import build_report, make_thumbnails, render_png
+        from .report import build_report, render_png, thumbnail_picks
 
         def check_time(*_: Any) -> None:
             if deadline is not None and time.monotonic() > deadline:
@@ -757,46 +751,36 @@ class VideoQuestionAnswerer:
                     "and was stopped: try a shorter video or a lower fps."
                 )
 
-        def on_frames(count: int) -> None:
-            events.put(_Progress("decoding", count))
-            check_time()
+        def on_progress(stage: str, count: int, total: int | None) -> None:
+            check_time()  # each chunk first checks the request's deadline (raising stops the work)
+            events.put(_Progress(stage, count))
 
         try:
-            decoded, reused = self.decode(request, options, on_frames)
+            decoded, reused = self.decode(request, options, on_progress)
             check_time()
             same_video = conversation.video_key == decoded.key
             history = conversation if same_video else Conversation()
             text = self.text_inputs(history, question)
             budget = self.token_budget(text, options)
-            settings = budget.pop("settings")
-            events.put(("encoding", (decoded, reused, same_video, history, budget)))
+            events.put(("encoding", (decoded, reused, same_video, history, budget.to_dict())))
             streamer = _PageStreamer(self.processor.tokenizer, events)
-            text = {name: tensor.to(self.model.device) for name, tensor in text.items()}
             limits = {}
             if deadline is not None:  # transformers' MaxTimeCriteria: the answer stops at the deadline
+                check_time()
                 limits["max_time"] = max(deadline - time.monotonic(), 0.001)
-            with torch.no_grad(), self._encoding_progress(events, check_time):
-                if decoded.features is None:  # the towers, once per decoded video
-                    # The frames stay on the CPU: the model moves them to its device chunk by chunk.
-                    decoded.features = self.model.encode_videos(**decoded.pixel_inputs, compression_settings=settings)
-                if deadline is not None:
-                    check_time()
-                    limits["max_time"] = max(deadline - time.monotonic(), 0.001)
-                output = self.model.generate(
-                    **text, video_features=decoded.features, max_new_tokens=options.max_new_tokens, do_sample=False,
-                    streamer=streamer, compression_settings=settings, return_dict_in_generate=True, **limits,
-                )
+            result = decoded.session.generate(
+                text, streamer=streamer, compression_settings=budget.settings, max_new_tokens=options.max_new_tokens,
+                do_sample=False, **limits,
+            )
             cut = deadline is not None and time.monotonic() > deadline
             events.put(("answered", None))
-            compression = output.compression[0]
             answer = "".join(streamer.pieces).strip()
             report = build_report(
-                compression, video=decoded.label, question=question, model_name=self.model_name, fps=request.fps,
-                frame_times=decoded.frame_times, answer=answer, random_weights=self.random_weights, budget=budget,
+                result.compression, video=decoded.label, question=question, model_name=self.model_name,
+                fps=request.fps, frame_times=decoded.frame_times, answer=answer, random_weights=self.random_weights,
+                budget=result.budget.to_dict(),
             )
-            frames = decoded.pixel_inputs["pixel_values_videos"][: decoded.num_frames]
-            size = tuple(int(v) for v in decoded.pixel_inputs["video_sizes"][0])
-            picture = render_png(report, make_thumbnails(report, frames, size))
+            picture = render_png(report, decoded.session.info.thumbnail_images(thumbnail_picks(report)))
             return "done", (decoded, history, answer, report, picture, cut)
         except _RequestTooLong as error:
             self._decoded = None  # a decoding cut short leaves nothing to reuse
@@ -805,31 +789,6 @@ class VideoQuestionAnswerer:
             return "error", self._public(error, request.source)
         except Exception as error:  # anything else: shown in the page too, and the server stays up
             return "error", f"{type(error).__name__}: {self._public(error, request.source)}"
-
-    @contextlib.contextmanager
-    def _encoding_progress(self, events: queue.Queue, check_time: Callable[[], None]) -> Iterator[None]:
-        """Progress events for the frames entering DINOv2 (all of them) and SigLIP (the kept ones), chunk by chunk;
-        each chunk first checks the request's deadline."""
-        base = self.model.model
-
-        def counter(stage: str):
-            def hook(module, args, kwargs):
-                check_time()
-                pixels = kwargs.get("pixel_values", args[0] if args else None)
-                if pixels is not None:
-                    events.put(_Progress(stage, len(pixels)))
-
-            return hook
-
-        handles = [
-            base.dino_tower.register_forward_pre_hook(counter("DINOv2 (all frames)"), with_kwargs=True),
-            base.vision_tower.embeddings.register_forward_pre_hook(counter("SigLIP (kept frames)"), with_kwargs=True),
-        ]
-        try:
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def _follow(
         self, events: queue.Queue, worker: threading.Thread, started: float, deadline: float | None,
@@ -911,7 +870,7 @@ def _reencoding_note(decoded: DecodedVideo, reused: bool, same_video: bool, hist
     if reused:
         decoding = f"decoded {frames} reused (same video and options)"
     else:
-        decoding = f"{frames} decoded in {decoded.decode_seconds:.1f} s"
+        decoding = f"{frames} decoded and encoded in {decoded.decode_seconds:.1f} s"
     if kind == "frames":
         decoding += " (a folder of frames: every frame, fps does not apply)"
     if same_video and history.turns:
@@ -923,11 +882,11 @@ def _reencoding_note(decoded: DecodedVideo, reused: bool, same_video: bool, hist
 
 
 def _summary_markdown(report: dict, decoded: DecodedVideo) -> str:
-    from .report import summary_lines
+    from .report import as_compression_report, summary_lines
 
-    comp = report["compression"]
+    comp = as_compression_report(report["compression"])
     lines = [f"- {line}" for line in summary_lines(report)]
-    lines.append(f"- prompt: {report['budget'].get('prompt_tokens')} tokens; compression path: `{comp['path']}`")
+    lines.append(f"- prompt: {report['budget'].get('prompt_tokens')} tokens; compression path: `{comp.path}`")
     if decoded.duration_s:
         lines.append(f"- video: {_format_duration(decoded.duration_s)}, {decoded.num_frames} frames sampled")
     if report.get("random_weights"):
@@ -951,26 +910,17 @@ def load_answerer(
     quiet: bool = True,
 ) -> VideoQuestionAnswerer:
     """A `VideoQuestionAnswerer` for a converted folder or Hub id, or (`model=None`) for the CLI's tiny random demo
-    model with its generated example clip (offline). Model errors raise the CLI's one-line `CLIError`. A model with
+    model with its generated example clip (offline). Model errors raise `loading.ModelLoadError` (one line). A model with
     random weights (the tiny model, also when saved and loaded from a folder) is detected from its config."""
-    import torch
+    from .loading import load_demo_model, load_model
+    from .tiny import write_demo_clip
 
-    from .cli import demo_model, demo_tokenizer, load_model_and_processor, resolve_model, write_demo_clip
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if model is None:
-        from . import LongVUProcessor, LongVUVideoProcessor
-
-        tokenizer = demo_tokenizer()
-        network = demo_model(tokenizer).to(device)
-        processor = LongVUProcessor(tokenizer, LongVUVideoProcessor())
+        network, processor = load_demo_model(device)
         name = "tiny-random-longvu"
     else:
-        folder = resolve_model(model, quiet)
         # bfloat16 on GPUs (float16 overflows on long videos); on the CPU the checkpoint's own dtype.
-        dtype = torch.bfloat16 if device.startswith("cuda") else "auto"
-        network, processor = load_model_and_processor(folder, model, device, dtype, quiet)
+        network, processor = load_model(model, device=device, dtype="auto", quiet=quiet)
         name = model
     random_weights = has_random_weights(network) or model is None
     answerer = VideoQuestionAnswerer(

@@ -29,10 +29,11 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..tiny import DEMO_CONTEXT_LENGTH, write_demo_clip
 from .commands import cmd_ask, cmd_chat, cmd_convert, cmd_report
-from .demo import DEMO_CONTEXT_LENGTH, cmd_demo, demo_model, demo_tokenizer, write_demo_clip
+from .demo import cmd_demo, demo_model, demo_tokenizer
 from . import commands, progress  # noqa: F401  (tests patch them)
-from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, CLIError
+from .errors import BAD_INPUT_ERRORS, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, CLIError, bad_input_message
 from .models import (
     DEFAULT_MODEL,
     DEFAULT_MODEL_ENV,
@@ -43,7 +44,7 @@ from .models import (
     pick_dtype,
     resolve_model,
 )
-from .pipeline import check_video, effective_budget, prepare_inputs, run_model
+from .pipeline import check_video
 from .vllm_engine import add_engine_options
 
 
@@ -187,8 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     try:
         return args.handler(args)
-    except CLIError as error:
-        print(f"longvu {args.command}: error: {error}", file=sys.stderr)
+    except BAD_INPUT_ERRORS as error:  # one line naming the input, from the command or the library
+        print(f"longvu {args.command}: error: {bad_input_message(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"\nlongvu {args.command}: interrupted (no partial output file is left)", file=sys.stderr)

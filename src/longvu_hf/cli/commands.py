@@ -1,4 +1,5 @@
-"""The subcommands: `ask`, `report`, `convert`, `demo`."""
+"""The subcommands: `ask`, `chat`, `report`, `convert` (`demo` is in `demo.py`, `--engine vllm` in
+`vllm_engine.py`). Each maps its options onto the library (`longvu_hf.loading`, `longvu_hf.session`)."""
 
 from __future__ import annotations
 
@@ -9,25 +10,13 @@ from typing import Any
 
 from ..media_inputs import MediaSource
 from .errors import EXIT_INTERRUPTED, EXIT_OK, CLIError
+from .models import load_for
+from .pipeline import answer_question, check_output_paths, check_video, open_session, print_summary
 from .vllm_engine import ask_with_vllm, chat_with_vllm
-from .models import default_model, load_model_and_processor, pick_device, pick_dtype, resolve_model
-from .pipeline import (
-    check_output_paths,
-    check_video,
-    encode_video_file,
-    prepare_inputs,
-    print_summary,
-    question_inputs,
-    run_model,
-)
 
 
 def _load_for(args) -> tuple[Any, Any, str]:
-    device = pick_device(args.device)
-    name = args.model or default_model()
-    folder = resolve_model(name, args.quiet)
-    model, processor = load_model_and_processor(folder, name, device, pick_dtype(args.dtype, device), args.quiet)
-    return model, processor, name
+    return load_for(args)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -47,17 +36,14 @@ def cmd_ask(args) -> int:
 
 def _ask(args, video: MediaSource, questions: list[str]) -> int:
     model, processor, _ = _load_for(args)
-    # Streamed into the towers a chunk at a time, encoded once for every question.
-    features = encode_video_file(model, processor, video, args, args.quiet)
+    session = open_session(model, processor, video, args)  # streamed, encoded once for every question
     for number, question in enumerate(questions, start=1):
         if len(questions) > 1:
             if not args.quiet:
                 print(f"longvu: question {number}/{len(questions)}: {question}", file=sys.stderr)
             print(f"[{number}] ", end="", flush=True)
-        compression, _, budget = run_model(
-            model, processor, question_inputs(processor, question), args, args.quiet, video_features=features
-        )
-        print_summary(compression, args.quiet, args.fps, budget)
+        answer = answer_question(session, question, args)
+        print_summary(answer.compression, args.quiet, args.fps, answer.budget.to_dict())
     return EXIT_OK
 
 
@@ -72,14 +58,12 @@ def cmd_chat(args) -> int:
 def _chat(args, video: MediaSource) -> int:
     model, processor, _ = _load_for(args)
     interactive = sys.stdin.isatty()
-    features = encode_video_file(model, processor, video, args, args.quiet)
+    session = open_session(model, processor, video, args)
     if interactive and not args.quiet:
         print("longvu chat: the video is encoded; ask away (an empty line or Ctrl-D ends).", file=sys.stderr)
     for question in stdin_questions():
-        compression, _, budget = run_model(
-            model, processor, question_inputs(processor, question), args, args.quiet, video_features=features
-        )
-        print_summary(compression, args.quiet, args.fps, budget)
+        answer = answer_question(session, question, args)
+        print_summary(answer.compression, args.quiet, args.fps, answer.budget.to_dict())
     return EXIT_OK
 
 
@@ -103,23 +87,25 @@ def write_report(
     args, video: MediaSource | Path, model_name: str, model, processor, random_weights: bool,
     video_label: str | None = None,
 ) -> dict:
-    from ..report import build_report, save_report
+    """`longvu report` (and `longvu demo --out`): the video streamed once (keeping only small thumbnails), the
+    answer (unless `--max-new-tokens 0`: the compression only), the picture and the JSON."""
+    from ..report import build_report, save_report, thumbnail_picks
 
-    inputs, times = prepare_inputs(
-        processor, video, args.question, args.fps, args.max_frames, args.quiet, num_frames=args.num_frames
-    )
-    compression, answer, budget = run_model(
-        model, processor, inputs, args, args.quiet, generate=args.max_new_tokens > 0, echo=not args.quiet
-    )
+    session = open_session(model, processor, video, args, keep_thumbnails=True)
+    answer = None
+    if args.max_new_tokens > 0:
+        result = answer_question(session, args.question, args, echo=not args.quiet)
+        compression, budget, answer = result.compression, result.budget, result.text
+    else:  # towers and compression only (no language model); the question sets the budget
+        compression, budget = session.compress(args.question)
     label = video_label or (video.display_name if isinstance(video, MediaSource) else str(video))
     report = build_report(
-        compression, video=label, question=args.question, model_name=model_name, fps=args.fps, frame_times=times,
-        answer=answer, random_weights=random_weights, budget=budget,
+        compression, video=label, question=args.question, model_name=model_name, fps=args.fps,
+        frame_times=session.info.frame_times, answer=answer, random_weights=random_weights, budget=budget.to_dict(),
     )
-    size = tuple(int(v) for v in inputs["video_sizes"][0])
-    frames = inputs["pixel_values_videos"][: int(inputs["video_num_frames"][0])]
-    save_report(report, args.out_path, json_path=args.json_path, frames=frames, video_size=size)
-    print_summary(compression, args.quiet, args.fps, budget)
+    save_report(report, args.out_path, json_path=args.json_path,
+                thumbnails=session.info.thumbnail_images(thumbnail_picks(report)))
+    print_summary(compression, args.quiet, args.fps, budget.to_dict())
     for path in (args.out_path, args.json_path):
         if path is not None and not args.quiet:
             print(f"longvu: wrote {path}", file=sys.stderr)

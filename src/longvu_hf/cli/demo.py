@@ -1,4 +1,8 @@
-"""`longvu demo`: the whole pipeline offline, on a generated clip, with a tiny random model (`longvu_hf.tiny`)."""
+"""`longvu demo`: the whole pipeline offline, on a generated clip, with a tiny random model (`longvu_hf.tiny`);
+`longvu demo --web` serves the web page (`longvu_hf.web_demo`).
+
+Dependencies go one way: this command imports the page's module to start it (the page is what `--web` asks for),
+and the page imports only the library (`longvu_hf.loading`, `longvu_hf.session`, `longvu_hf.tiny`), never `cli`."""
 
 from __future__ import annotations
 
@@ -7,13 +11,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..tiny import save_tiny_model, tiny_model, tiny_tokenizer, write_scene_clip
+from ..tiny import DEMO_CONTEXT_LENGTH, save_tiny_model, tiny_model, tiny_tokenizer, write_demo_clip
 from .commands import write_report
 from .errors import EXIT_OK, CLIError
 from .models import load_model_and_processor, pick_device, resolve_model
-from .pipeline import check_output_paths, prepare_inputs, print_summary, run_model
-
-DEMO_CONTEXT_LENGTH = 3500  # small enough that the 90-frame clip goes through selection and mixing (1024: STC)
+from .pipeline import answer_question, check_output_paths, open_session, print_summary
 
 
 def demo_tokenizer():
@@ -24,11 +26,6 @@ def demo_tokenizer():
 def demo_model(tokenizer, max_context_length: int = DEMO_CONTEXT_LENGTH):
     """A tiny random LongVU with the real input geometry (384/378 px, 24x24 grids, 12x12 queries)."""
     return tiny_model(tokenizer, max_context_length=max_context_length)
-
-
-def write_demo_clip(path: Path, seconds: int = 90, fps: int = 2, width: int = 128, height: int = 72) -> Path:
-    """The demo's clip: scenes of flat colour with a moving square (`longvu_hf.tiny.write_scene_clip`)."""
-    return write_scene_clip(path, seconds=seconds, fps=fps, width=width, height=height)
 
 
 def save_demo_model(args) -> int:
@@ -96,15 +93,13 @@ def cmd_demo(args) -> int:
             workdir / "tiny-random-longvu", max_context_length=args.max_context_length or DEMO_CONTEXT_LENGTH
         )
         args.max_context_length = None  # already the model's own setting
-        folder = resolve_model(str(model_dir), args.quiet)  # the same loading path as `ask`
+        folder = resolve_model(str(model_dir), args.quiet, option="--model")  # the same loading path as `ask`
         model, processor = load_model_and_processor(folder, "tiny-random-longvu", "cpu", "auto", args.quiet)
         if not args.quiet:
             print("answer (random weights): ", end="", flush=True)
         if args.out_path is None and args.json_path is None:
-            inputs, _ = prepare_inputs(processor, video, args.question, args.fps, args.max_frames, args.quiet,
-                                       num_frames=args.num_frames)
-            compression, _, budget = run_model(model, processor, inputs, args, args.quiet)
-            print_summary(compression, args.quiet, args.fps, budget)
+            answer = answer_question(open_session(model, processor, video, args), args.question, args)
+            print_summary(answer.compression, args.quiet, args.fps, answer.budget.to_dict())
         else:
             write_report(args, video, "tiny-random-longvu (random weights)", model, processor, random_weights=True,
                          video_label="generated demo clip (90 s of coloured scenes)")

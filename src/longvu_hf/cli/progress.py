@@ -1,10 +1,11 @@
-"""Progress bars on stderr (decoding, the two towers, generation) and the streamer that prints the answer."""
+"""Progress bars on stderr (decoding, the two towers, generation) and the streamer that prints the answer: the
+command's views of the library's progress callback (`longvu_hf.session`) and of transformers' streamer."""
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
+
+from ..session import SIGLIP
 
 
 def _bar(quiet: bool, **kwargs):
@@ -14,69 +15,40 @@ def _bar(quiet: bool, **kwargs):
     return tqdm(disable=True if quiet else None, file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
-def count_sampled_frames(
-    video_processor, video, fps: float | None, max_frames: int | None, num_frames: int | None = None
-) -> int | None:
-    """How many frames the processor will sample from `video` (a `MediaSource` or a local path), for the decoding
-    bar; None if it cannot tell cheaply."""
-    try:
-        from ..processing.video_decoding import open_frame_source
+class ProgressBars:
+    """A `progress(stage, count, total)` callback for `VideoSession.open` that draws one tqdm bar per stage
+    (decoding, DINOv2 over every sampled frame, SigLIP over the kept ones); `close()` ends them.
 
-        source = open_frame_source(video, getattr(video_processor, "video_backend", None))
-        return len(
-            video_processor.sample_frames(source.metadata, fps=fps, max_frames=max_frames, num_frames=num_frames)
-        )
-    except Exception:  # the processor itself reports unreadable videos, with its own message
-        return None
+    Example:
 
+    ```python
+    >>> with ProgressBars(quiet=False) as bars:
+    ...     session = VideoSession.open(model, processor, "clip.mp4", progress=bars)
+    ```
+    """
 
-@contextlib.contextmanager
-def decoding_progress(video_processor, total: int | None, quiet: bool) -> Iterator[None]:
-    """A bar over the frames the video processor decodes and resizes (its `frame_progress` hook)."""
-    if quiet or not hasattr(video_processor, "frame_progress"):
-        yield
-        return
-    bar = _bar(quiet, total=total, desc="decoding", unit="frame")
-    try:
-        with video_processor.frame_progress(bar.update):
-            yield
-    finally:
-        bar.close()
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.bars: dict[str, object] = {}
 
+    def __call__(self, stage: str, count: int, total: int | None) -> None:
+        bar = self.bars.get(stage)
+        if bar is None:
+            bar = self.bars[stage] = _bar(self.quiet, total=None if stage == SIGLIP else total, desc=stage,
+                                          unit="frame")
+        if bar.total is not None and bar.n + count > bar.total:
+            bar.total = bar.n + count  # kept frames re-encoded after the selection cap
+        bar.update(count)
 
-@contextlib.contextmanager
-def encoding_progress(model, num_frames: int, quiet: bool) -> Iterator[None]:
-    """Bars over the frames that go through DINOv2 (all sampled frames) and SigLIP (the kept ones), chunk by chunk,
-    driven by forward pre-hooks on the two towers."""
-    if quiet:
-        yield
-        return
-    base = model.model
-    dino_bar = _bar(quiet, total=num_frames, desc="DINOv2 (all frames)", unit="frame")
-    siglip_bar = _bar(quiet, desc="SigLIP (kept frames)", unit="frame")
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
-    def on_dino(module, args, kwargs):
-        pixels = kwargs.get("pixel_values", args[0] if args else None)
-        if pixels is not None:
-            if dino_bar.total is not None and dino_bar.n + len(pixels) > dino_bar.total:
-                dino_bar.total = dino_bar.n + len(pixels)  # kept frames re-encoded after the cap
-            dino_bar.update(len(pixels))
+    def __enter__(self) -> ProgressBars:
+        return self
 
-    def on_siglip(module, args):
-        if args:
-            siglip_bar.update(len(args[0]))
-
-    handles = [
-        base.dino_tower.register_forward_pre_hook(on_dino, with_kwargs=True),
-        base.vision_tower.embeddings.register_forward_pre_hook(on_siglip),
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        dino_bar.close()
-        siglip_bar.close()
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def make_streamer(tokenizer, max_new_tokens: int, quiet: bool, echo: bool = True):

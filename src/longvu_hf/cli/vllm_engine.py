@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 
+from ..session import VideoReadError
 from .errors import EXIT_OK, CLIError
 from .models import default_model, pick_device, resolve_model
-from .pipeline import check_video, effective_budget, print_summary
+from .pipeline import call_settings, check_video, print_summary
 
 ENGINES = ("transformers", "vllm")
 
@@ -33,7 +34,7 @@ def start_engine(args):
         raise CLIError(f"--engine vllm needs vLLM ({error}); install it with: pip install 'longvu-hf[vllm]'") from None
     if args.tensor_parallel_size < 1:
         raise CLIError(f"--tensor-parallel-size {args.tensor_parallel_size}: must be at least 1")
-    folder = resolve_model(args.model or default_model(), args.quiet)
+    folder = resolve_model(args.model or default_model(), args.quiet, option="--model")
     device = pick_device(args.device)
     dtype = "auto" if args.dtype == "auto" else args.dtype
     try:
@@ -44,17 +45,16 @@ def start_engine(args):
 
 
 def _settings(engine, args):
-    return effective_budget(engine.config, 0, args.max_context_length, args.context_margin,
-                            args.max_visual_tokens)["settings"]
+    return call_settings(engine.config, args)
 
 
 def _encode(engine, source, args, settings):
-    """The video (a `MediaSource` from `check_video`) through the towers, once."""
+    """The video (a `MediaSource` from `check_video`) streamed through the towers, once."""
     try:
-        return engine.encode(str(source.path), fps=args.fps, num_frames=args.num_frames, max_frames=args.max_frames,
+        return engine.encode(source, fps=args.fps, num_frames=args.num_frames, max_frames=args.max_frames,
                              compression_settings=settings)
-    except (ValueError, OSError, RuntimeError) as error:
-        raise CLIError(f"video {args.video}: cannot be read ({str(error).strip().splitlines()[0][:300]})") from None
+    except VideoReadError as error:
+        raise CLIError(str(error)) from None
 
 
 def _answer(engine, features, questions, args, settings, first_number: int = 1, numbered: bool = True) -> None:
@@ -68,12 +68,12 @@ def _answer(engine, features, questions, args, settings, first_number: int = 1, 
                                   compression_settings=settings)
     except ValueError as error:  # a prompt with no room for the video in the budget, ...
         raise CLIError(str(error)) from None
-    budget = {"max_context_length": settings.max_context_length, "context_margin": settings.context_margin,
-              "max_visual_tokens": settings.max_visual_tokens}
     for number, (question, answer) in enumerate(zip(questions, answers), start=first_number):
         if numbered:
             print(f"[{number}] ", end="")
         print(answer.text.strip(), flush=True)
+        budget = {"max_context_length": settings.max_context_length, "context_margin": settings.context_margin,
+                  "max_visual_tokens": settings.max_visual_tokens}
         print_summary(answer.compression, args.quiet, args.fps, budget)
 
 

@@ -20,7 +20,7 @@ Example:
 >>> video = engine.encode("video.mp4")                       # towers once
 >>> answers = engine.generate([(video, "What happens first?"), (video, "What color is the car?")],
 ...                           SamplingParams(temperature=0, max_tokens=64))
->>> answers[0].text, answers[0].compression["num_visual_tokens"]
+>>> answers[0].text, answers[0].compression["num_visual_tokens"]  # the report's JSON (`CompressionReport.to_dict()`)
 ```
 """
 
@@ -219,17 +219,23 @@ class LongVUEncoder:
         max_frames: int | None = None,
         compression_settings: CompressionSettings | Mapping | None = None,
     ) -> LongVUVideoFeatures:
-        """Run the towers on one video, once, for any number of questions: a path or URL (decoded by the processor
-        with `fps`/`num_frames`/`max_frames`), or the processor's outputs for one video. `LongVUVideoFeatures` are
-        returned as given. The encoding serves every call whose context is at most `compression_settings`' (default:
-        the engine's)."""
+        """Run the towers on one video, once, for any number of questions: a path, URL or `MediaSource` (streamed
+        into the towers as it is decoded, with `fps`/`num_frames`/`max_frames`: `longvu_hf.session`, the local user's
+        input policy), or the processor's outputs for one video. `LongVUVideoFeatures` are returned as given. The
+        encoding serves every call whose context is at most `compression_settings`' (default: the engine's)."""
+        from ...media_inputs import InputPolicy, MediaSource
+        from ...session import VideoSession
+
         if isinstance(video, LongVUVideoFeatures):
             if len(video) != 1 or video[0] is None:
                 raise ValueError(f"video: LongVUVideoFeatures of exactly one encoded video expected, got {video!r}")
             return video
-        if isinstance(video, (str, os.PathLike)):
-            options = {k: v for k, v in (("fps", fps), ("num_frames", num_frames), ("max_frames", max_frames)) if v}
-            video = self.processor.video_processor(str(video), return_tensors="pt", **options)
+        if isinstance(video, (str, os.PathLike, MediaSource)):
+            settings = CompressionSettings.from_value(compression_settings) if compression_settings else self.settings
+            session = VideoSession.open(self.encoder, self.processor, video, policy=InputPolicy.local_user(),
+                                        fps=fps, num_frames=num_frames, max_frames=max_frames,
+                                        compression_settings=settings)
+            return session.features
         if not isinstance(video, Mapping) or "pixel_values_videos" not in video:
             raise ValueError(
                 "video: expected a path or URL, the processor's outputs for one video (pixel_values_videos, ...), or "
@@ -277,7 +283,7 @@ class LongVUEncoder:
                 None, video_features=features, prompt_input_ids=ids, prompt_attention_mask=torch.ones_like(ids),
                 compression_settings=settings,
             )
-        return output.pooler_output[0].detach().cpu(), dict(output.compression[0])
+        return output.pooler_output[0].detach().cpu(), output.compression[0].to_dict()  # JSON for the server
 
     def sampling_params(self, params=None):
         """The caller's `SamplingParams` (default: greedy, 128 tokens), with the video/image placeholders and the
