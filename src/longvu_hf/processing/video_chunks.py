@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .video_decoding import FrameBatch, FrameSource, prefetch
+from .video_decoding import FrameBatch, FrameSource, decode_frames, open_gpu_decoder
 
 if TYPE_CHECKING:
     from .video_processing_longvu import LongVUVideoProcessor
@@ -62,6 +62,7 @@ class VideoChunks:
         self._kwargs = kwargs
         self.frame_indices = np.asarray(frame_indices, dtype=np.int64)
         self.chunk_frames = int(chunk_frames)
+        self.decode_device: torch.device | None = None
         self._consumed = False
 
     @property
@@ -86,6 +87,15 @@ class VideoChunks:
             return None
         return [float(index) / float(fps) for index in self.frame_indices]
 
+    def use_device(self, device: torch.device | str | None) -> None:
+        """Tells the chunks where they will be encoded, before iterating: on a CUDA device the video is decoded by
+        torchcodec's GPU decoder where torchcodec has one (the frames still arrive as host uint8; the GPU's colour
+        conversion may differ from the CPU decoder's by a level here and there), else by the CPU decoder as before.
+        Not yet run on a GPU: on machines without one this is the fail-over path."""
+        if self._consumed:
+            raise RuntimeError(f"The chunks of video {self.name} are already being iterated")
+        self.decode_device = None if device is None else torch.device(device)
+
     def close(self) -> None:
         """Releases the input (a temporary download is deleted)."""
         media = getattr(self._source, "media", None)
@@ -107,9 +117,12 @@ class VideoChunks:
 
     def _chunks(self) -> Iterator[dict[str, torch.Tensor]]:
         processor, kwargs = self._processor, self._kwargs
-        batches: Iterator[FrameBatch] = self._source.iter_frames(self.frame_indices, kwargs["decode_batch_size"])
-        if self._source.metadata.video_backend != "array":
-            batches = prefetch(batches, depth=1)  # decode the next batch while this one is resized
+        if self.decode_device is not None and self.decode_device.type == "cuda":
+            self._source = open_gpu_decoder(self._source, self.decode_device)
+        # Decoded in background threads (several decoders with `decode_workers`) while this batch is resized.
+        batches: Iterator[FrameBatch] = decode_frames(
+            self._source, self.frame_indices, kwargs["decode_batch_size"], workers=kwargs["decode_workers"]
+        )
         callback = processor.__dict__.get("_frame_progress_callback")
         pending: dict[int, np.ndarray] = {}
         start = 0

@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import copy
 import io
 import os
 import queue
@@ -36,10 +37,12 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from transformers.utils import is_av_available, is_decord_available, is_torchcodec_available
+from transformers.utils import is_av_available, is_decord_available, is_torchcodec_available, logging
 from transformers.video_utils import VideoMetadata
 
 from ..media_inputs import IMAGE_EXTENSIONS, InputPolicy, MediaSource, load_image, open_container, resolve_media
+
+logger = logging.get_logger(__name__)
 
 VIDEO_BACKENDS = ("pyav", "torchcodec", "decord")
 # "auto" tries these in order. PyAV comes first because its decoder below skips the non-reference frames it does not
@@ -58,6 +61,16 @@ class FrameSource:
     media: MediaSource | None = None  # the resolved input, kept while the source lives (a download is deleted after)
 
     def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
+        raise NotImplementedError
+
+    def keyframe_indices(self) -> list[int] | None:
+        """The presentation indices of the video's keyframes, sorted, where the decoder knows them; None when it
+        does not (the video is then decoded by one worker)."""
+        return None
+
+    def worker_source(self, workers: int) -> FrameSource:
+        """A source that decodes the same frames as this one, from another thread at the same time as this one
+        (one of `workers` decoding the video together). Only sources with `keyframe_indices` need it."""
         raise NotImplementedError
 
     @property
@@ -256,6 +269,7 @@ class PyAVFrameSource(FrameSource):
         self.name = name
         self._source = source
         self._threads = threads
+        self._thread_count = 0  # FFmpeg's choice (one per core); a share of the cores for parallel workers
         with self._open() as container:
             stream = self._video_stream(container)
             header_frames = int(stream.frames or 0)
@@ -330,6 +344,20 @@ class PyAVFrameSource(FrameSource):
     def _configure_decoder(self, stream) -> None:
         if self._threads:
             stream.thread_type = "AUTO"  # frame + slice threads: FFmpeg decodes on every core
+            if self._thread_count:
+                stream.thread_count = self._thread_count
+
+    def keyframe_indices(self) -> list[int] | None:
+        if self._pts_to_rank is None:  # timestamps unusable: only sequential decoding is exact
+            return None
+        return [rank for rank, _, _ in self._keyframes]
+
+    def worker_source(self, workers: int) -> PyAVFrameSource:
+        # Every call of `iter_frames` opens its own container (with `open_container`'s restrictions) and only reads
+        # the packet tables scanned once here, so workers share this scan; each gets its share of FFmpeg's threads.
+        worker = copy.copy(self)
+        worker._thread_count = _threads_per_worker(workers)
+        return worker
 
     # -- decoding ----------------------------------------------------------------------------------------------------
 
@@ -456,15 +484,23 @@ def _check_with_pyav(source: str | bytes, name: str) -> None:
 
 
 class TorchCodecFrameSource(FrameSource):
-    """Decodes with torchcodec (`seek_mode="exact"`: a demux scan gives exact frame indices)."""
+    """Decodes with torchcodec (`seek_mode="exact"`: a demux scan gives exact frame indices).
 
-    def __init__(self, source: str | bytes, name: str):
+    `device="cuda"` decodes on the GPU (NVDEC) and copies the decoded frames to the host; its colour conversion is
+    the GPU's, so its pixels may differ slightly from the CPU decoder's. `open_gpu_decoder` falls back to the CPU
+    decoder where there is none."""
+
+    def __init__(self, source: str | bytes, name: str, device: str | None = None, threads: int = 0):
         from torchcodec.decoders import VideoDecoder
 
         self.name = name
+        self._source = source
+        self.device = device or "cpu"
         _check_with_pyav(source, name)
         try:
-            self._decoder = VideoDecoder(source, seek_mode="exact", num_ffmpeg_threads=0, dimension_order="NHWC")
+            self._decoder = VideoDecoder(
+                source, seek_mode="exact", num_ffmpeg_threads=threads, dimension_order="NHWC", device=self.device
+            )
         except Exception as error:  # torchcodec raises RuntimeError/ValueError with FFmpeg's message
             raise ValueError(
                 f"Could not open video {name}: not a readable video file, or it is truncated or corrupt "
@@ -490,12 +526,25 @@ class TorchCodecFrameSource(FrameSource):
             video_backend="torchcodec",
         )
 
+    def keyframe_indices(self) -> list[int] | None:
+        if self.device != "cpu":
+            return None  # one GPU decoder: NVDEC is not shared out among threads here
+        try:  # torchcodec has no public name for it yet
+            return sorted(int(index) for index in self._decoder._get_key_frame_indices())
+        except Exception:
+            return None
+
+    def worker_source(self, workers: int) -> TorchCodecFrameSource:
+        # A decoder of its own (torchcodec's decoders are not shared between threads), opened after the same PyAV
+        # check as this one.
+        return TorchCodecFrameSource(self._source, self.name, threads=_threads_per_worker(workers))
+
     def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
         indices = np.asarray(indices)
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             try:
-                frames = self._decoder.get_frames_at(indices=chunk.tolist()).data.numpy()
+                frames = self._decoder.get_frames_at(indices=chunk.tolist()).data.cpu().numpy()
             except Exception as error:
                 raise ValueError(f"Video {self.name} is corrupt: decoding failed ({_describe(error)}).") from error
             yield [(start + offset, frames[offset]) for offset in range(len(chunk))]
@@ -508,6 +557,7 @@ class DecordFrameSource(FrameSource):
         import decord
 
         self.name = name
+        self._source = source
         _check_with_pyav(source, name)
         try:
             self._reader = decord.VideoReader(
@@ -532,6 +582,16 @@ class DecordFrameSource(FrameSource):
             duration=total / fps if fps else None,
             video_backend="decord",
         )
+
+    def keyframe_indices(self) -> list[int] | None:
+        try:
+            return sorted(int(index) for index in self._reader.get_key_indices())
+        except Exception:
+            return None
+
+    def worker_source(self, workers: int) -> DecordFrameSource:
+        # A reader of its own (a VideoReader keeps its position), opened after the same PyAV check as this one.
+        return DecordFrameSource(self._source, self.name)
 
     def iter_frames(self, indices: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
         indices = np.asarray(indices)
@@ -661,47 +721,210 @@ def open_frame_source(
     return ArrayFrameSource(video, name or "(array)", metadata)
 
 
+class _Background:
+    """An iterator run in a daemon thread, at most `depth` items ahead of its consumer (a bounded queue); its error is
+    re-raised in the consumer. `close()` stops the thread (and closes the iterator, e.g. its open container)."""
+
+    FINISHED = object()
+
+    def __init__(self, items: Iterator[Any], depth: int, name: str):
+        self._buffer: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(items,), name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, items: Iterator[Any]) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+            self._put(self.FINISHED)
+        except BaseException as error:  # handed to the consumer
+            self._put(error)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    def next(self) -> Any:
+        """The next item, or `FINISHED`; raises what the iterator raised."""
+        item = self._buffer.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        # Drain so that a producer blocked on put() sees the stop.
+        while self._thread.is_alive():
+            try:
+                self._buffer.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self._thread.join()
+
+
 def prefetch(batches: Iterator[FrameBatch], depth: int = 2) -> Iterator[FrameBatch]:
     """Runs a frame iterator in a background thread, `depth` batches ahead, so that decoding (which releases the GIL
     in FFmpeg) overlaps with resizing in the caller. Errors are re-raised in the caller."""
-    buffer: queue.Queue = queue.Queue(maxsize=depth)
-    finished = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                while not stop.is_set():
-                    try:
-                        buffer.put(batch, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            buffer.put(finished)
-        except BaseException as error:  # handed to the consumer
-            buffer.put(error)
-
-    worker = threading.Thread(target=produce, name="longvu-video-decode", daemon=True)
-    worker.start()
+    worker = _Background(batches, depth, "longvu-video-decode")
     try:
-        while True:
-            item = buffer.get()
-            if item is finished:
-                return
-            if isinstance(item, BaseException):
-                raise item
+        while (item := worker.next()) is not _Background.FINISHED:
             yield item
     finally:
-        stop.set()
-        # Drain so that a producer blocked on put() can exit.
-        while worker.is_alive():
-            try:
-                buffer.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        worker.join()
+        worker.close()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Several decoders at once
+# --------------------------------------------------------------------------------------------------------------------
+
+# 2 workers when the machine has 4 cores or more (measured in benchmarks/parallel_decoding.py, see the README), else
+# one: FFmpeg already spreads one decoder over every core, and each worker holds its own batches of frames.
+MAX_AUTO_WORKERS = 2
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_decode_workers() -> int:
+    """The workers `decode_workers=None` uses on this machine."""
+    return max(1, min(MAX_AUTO_WORKERS, _cores() // 2))
+
+
+def _threads_per_worker(workers: int) -> int:
+    """FFmpeg threads of one of `workers` parallel decoders: the cores shared out among them, but at least two (on 2
+    cores, 2 workers of 1 thread each decoded no faster than one decoder; of 2 threads each, 1.4x faster)."""
+    return max(2, _cores() // max(1, workers))
+
+
+def plan_decode_workers(
+    indices: np.ndarray, keyframes: Sequence[int] | None, workers: int, segment_frames: int
+) -> list[np.ndarray]:
+    """The output slots each of up to `workers` decoders delivers: the sampled frames are cut at keyframes into
+    segments of at least `segment_frames` frames, and the segments dealt out in turn (worker `w` decodes segments
+    `w, w + W, w + 2W, ...`, seeking over the others), so that the workers advance through the video together and the
+    frames come back in order a few segments at a time. One worker (all the slots) when the video has a single
+    keyframe, too few sampled frames for two segments, or indices out of order."""
+    indices = np.asarray(indices, dtype=np.int64)
+    everything = [np.arange(len(indices))]
+    if workers <= 1 or not keyframes or len(keyframes) < 2 or len(indices) < 2 * segment_frames:
+        return everything
+    if np.any(np.diff(indices) < 0):
+        return everything
+    gop = np.searchsorted(np.asarray(keyframes, dtype=np.int64), indices, side="right")
+    segments, start = [], 0
+    for slot in range(1, len(indices)):
+        # A segment ends where a new GOP starts once it holds enough frames: no GOP is decoded by two workers.
+        if slot - start >= segment_frames and gop[slot] != gop[slot - 1]:
+            segments.append(np.arange(start, slot))
+            start = slot
+    segments.append(np.arange(start, len(indices)))
+    workers = min(workers, len(segments))
+    if workers <= 1:
+        return everything
+    return [np.concatenate(segments[worker::workers]) for worker in range(workers)]
+
+
+def _worker_batches(
+    source: FrameSource, workers: int, indices: np.ndarray, slots: np.ndarray, batch_size: int
+) -> Iterator[FrameBatch]:
+    """One worker's frames, with the slots of the whole request (runs in the worker's thread)."""
+    worker = source.worker_source(workers)
+    for batch in worker.iter_frames(indices[slots], batch_size):
+        yield [(int(slots[local]), frame) for local, frame in batch]
+
+
+def decode_frames(
+    source: FrameSource, indices: np.ndarray, batch_size: int, workers: int | None = 1, depth: int = 1
+) -> Iterator[FrameBatch]:
+    """The frames `source.iter_frames(indices, batch_size)` gives, in the same batches of slots in the same order,
+    decoded ahead in background threads: one decoder `depth` batches ahead (`prefetch`), or for a video file with
+    `workers > 1` (None: `default_decode_workers()`) several decoders on segments cut at keyframes
+    (`plan_decode_workers`), each at most `depth` batches ahead of the frames delivered. Each worker opens the file
+    itself, with the same restrictions (`open_container`); an error of any worker is raised when its frames are due.
+    In-memory frames are not decoded: they are returned as they are."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if source.metadata.video_backend == "array":
+        return source.iter_frames(indices, batch_size)
+    workers = default_decode_workers() if workers is None else int(workers)
+    plan = [np.arange(len(indices))]
+    if workers > 1:
+        plan = plan_decode_workers(indices, source.keyframe_indices(), workers, segment_frames=batch_size)
+    if len(plan) == 1:
+        return prefetch(source.iter_frames(indices, batch_size), depth=depth)
+    return _merge_workers(source, indices, plan, batch_size, depth)
+
+
+def _merge_workers(
+    source: FrameSource, indices: np.ndarray, plan: list[np.ndarray], batch_size: int, depth: int
+) -> Iterator[FrameBatch]:
+    owner = np.empty(len(indices), dtype=np.int64)
+    for worker, slots in enumerate(plan):
+        owner[slots] = worker
+    workers = [
+        _Background(_worker_batches(source, len(plan), indices, slots, batch_size), depth, f"longvu-decode-{worker}")
+        for worker, slots in enumerate(plan)
+    ]
+    try:
+        ready: dict[int, np.ndarray] = {}
+        batch: FrameBatch = []
+        for slot in range(len(indices)):
+            while slot not in ready:
+                item = workers[owner[slot]].next()
+                if item is _Background.FINISHED:
+                    if batch:
+                        yield batch
+                    return  # a decoder that delivered fewer frames: the caller reports the missing ones
+                ready.update(item)
+            batch.append((slot, ready.pop(slot)))
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+def open_gpu_decoder(source: FrameSource, device: Any) -> FrameSource:
+    """torchcodec's CUDA decoder for the file of `source` when `device` is a CUDA device and torchcodec can decode
+    there; otherwise (a CPU device, no torchcodec, no CUDA, or a decoder that counts the frames differently) `source`
+    itself, with a log line saying why. Untested on a GPU so far: on CPU machines this is the fail-over path."""
+    import torch
+
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    media = getattr(source, "media", None)
+    if device.type != "cuda" or media is None or media.kind != "video":
+        return source
+    if getattr(source, "device", "cpu") != "cpu":
+        return source  # already on the GPU
+    if not _backend_usable("torchcodec"):
+        logger.info("Video %s: decoded on the CPU (torchcodec, which has the GPU decoder, is not usable)", source.name)
+        return source
+    try:
+        gpu = TorchCodecFrameSource(str(media.path), source.name, device=str(device))
+    except Exception as error:  # no CUDA in this torch/torchcodec build, no NVDEC for this codec, ...
+        logger.info("Video %s: decoded on the CPU (torchcodec's CUDA decoder failed: %s)", source.name, error)
+        return source
+    if gpu.metadata.total_num_frames != source.metadata.total_num_frames:
+        logger.info("Video %s: decoded on the CPU (the GPU decoder counts %d frames, the CPU one %d)", source.name,
+                    gpu.metadata.total_num_frames, source.metadata.total_num_frames)
+        return source
+    gpu.media = media
+    gpu.metadata = source.metadata  # the sampling was decided on this metadata
+    return gpu
 
 
 __all__ = [
@@ -713,8 +936,12 @@ __all__ = [
     "TorchCodecFrameSource",
     "VIDEO_BACKENDS",
     "available_video_backends",
+    "decode_frames",
+    "default_decode_workers",
     "frame_rate",
+    "plan_decode_workers",
     "open_frame_source",
+    "open_gpu_decoder",
     "open_video_file",
     "prefetch",
     "to_uint8_hwc",

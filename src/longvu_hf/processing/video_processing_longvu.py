@@ -50,7 +50,7 @@ from ..modeling.configuration_longvu import DINO_IMAGE_MEAN, DINO_IMAGE_STD, SIG
 from ..media_inputs import InputPolicy
 from .frame_transforms import expand_to_square, fill_colour, pad_and_resize_pil, pad_and_resize_torch
 from .video_chunks import DEFAULT_CHUNK_FRAMES, VideoChunks
-from .video_decoding import FrameBatch, FrameSource, frame_rate, open_frame_source, prefetch, to_uint8_hwc
+from .video_decoding import FrameBatch, FrameSource, decode_frames, frame_rate, open_frame_source, to_uint8_hwc
 
 logger = logging.get_logger(__name__)
 
@@ -122,6 +122,10 @@ class LongVUVideoProcessorKwargs(VideosKwargs, total=False):
         differs from PIL by at most a level or two on a few pixels in ten thousand.
     decode_batch_size (`int`, *optional*, defaults to 8):
         Frames decoded and resized together; bounds the memory held besides the outputs.
+    decode_workers (`int`, *optional*):
+        Decoders working on one video file at once, each on segments cut at keyframes; the frames are exactly the
+        single decoder's. None (the default) picks by the machine's cores (`default_decode_workers`: one below 4
+        cores, two from 4); short videos and videos with one keyframe use one.
     """
 
     dino_size: int | dict[str, int] | SizeDict | None
@@ -135,6 +139,7 @@ class LongVUVideoProcessorKwargs(VideosKwargs, total=False):
     video_backend: str | None
     resize_backend: str | None
     decode_batch_size: int | None
+    decode_workers: int | None
 
 
 def _reporting_progress(batches: Iterator[FrameBatch], callback: Callable[[int], None]) -> Iterator[FrameBatch]:
@@ -310,6 +315,7 @@ class LongVUVideoProcessor(BaseVideoProcessor):
     video_backend = "auto"
     resize_backend = "pil"
     decode_batch_size = 8
+    decode_workers = None
     return_metadata = False
     valid_kwargs = LongVUVideoProcessorKwargs
     model_input_names = ["pixel_values_videos", "pixel_values_videos_dino", "video_num_frames", "video_sizes"]
@@ -376,6 +382,9 @@ class LongVUVideoProcessor(BaseVideoProcessor):
                 raise ValueError(f"`{name}` must be a square {{'height': S, 'width': S}}, got {side}")
         if not kwargs["decode_batch_size"] or kwargs["decode_batch_size"] < 1:
             raise ValueError(f"`decode_batch_size` must be a positive integer, got {kwargs['decode_batch_size']}")
+        workers = kwargs["decode_workers"]
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"`decode_workers` must be a positive integer or None, got {workers!r}")
         return kwargs
 
     def _encoder_targets(self, kwargs: dict) -> list[tuple[tuple[int, int, int], int]]:
@@ -437,11 +446,8 @@ class LongVUVideoProcessor(BaseVideoProcessor):
         )
         offset = 0
         for source, indices in zip(sources, frame_indices):
-            batches = source.iter_frames(indices, kwargs["decode_batch_size"])
-            if source.metadata.video_backend not in ("array",):
-                # Decode the next batch while this one is resized; at most 3 batches exist at a time (one being
-                # decoded, one queued, one being resized).
-                batches = prefetch(batches, depth=1)
+            # Decoded in background threads while the previous batch is resized (video_decoding.decode_frames).
+            batches = decode_frames(source, indices, kwargs["decode_batch_size"], workers=kwargs["decode_workers"])
             callback = self.__dict__.get("_frame_progress_callback")
             if callback is not None:
                 batches = _reporting_progress(batches, callback)
