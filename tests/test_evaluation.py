@@ -639,6 +639,6 @@ def test_questions_on_one_video_share_its_encoding(tmp_path, checkpoint, monkeyp
     assert calls == ["encode_video_stream"] * len(set(dataset["video"])) and len(calls) < len(dataset)
     fresh = []
     for row in dataset:
-        predictor._encoded = None  # forget the previous video's encoding
+        predictor._session = None  # forget the previous video's encoding
         fresh.append(predictor(row))
     assert shared == fresh and all(not record.get("error") for record in shared)

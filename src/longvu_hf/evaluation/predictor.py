@@ -1,15 +1,16 @@
-"""Answering one benchmark question with a LongVU model, the standard transformers way: the processor's chat template
-and `processor(text=..., videos=...)`, then `model.generate`."""
+"""Answering one benchmark question with a LongVU model through the library layer (`longvu_hf.session`): each video is
+streamed into the towers once for all its questions (`VideoSession`), the prompt is the chat template's with one
+video placeholder (`longvu_hf.chat`), and the answer is `generate`'s under the protocol's settings."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-import torch
-
 from ..configuration_longvu import CompressionSettings
-from ..media_inputs import InputPolicy, MediaSource, check_decode_bounds, resolve_media
+from ..media_inputs import InputPolicy, resolve_media
+from ..modeling.compression_report import CompressionReport
+from ..session import VideoSession, check_bounds
 from .answers import parse_answer
 from .prompts import subtitles_block
 from .protocols import BenchmarkProtocol
@@ -63,8 +64,8 @@ class VideoQAPredictor:
         self.subtitles = subtitles
         self.video_backend = video_backend
         self.compression_settings = protocol_compression_settings(protocol) if apply_overrides else None
-        # The last video's encoding (towers and aggregator): the next questions about it skip decoding and encoding.
-        self._encoded: tuple[tuple, Any] | None = None
+        # The last video's session (its encoding): the next questions about it skip decoding and encoding.
+        self._session: tuple[tuple, VideoSession] | None = None
 
     # -- inputs ------------------------------------------------------------------------------------------------------
 
@@ -84,7 +85,7 @@ class VideoQAPredictor:
             raise FileNotFoundError(f"Video not found: {row['video']}")
         sampling = video_sampling_kwargs(self.protocol, clip)
         source = resolve_media(row["video"], self.input_policy)  # not a video, a playlist, ...: refused here
-        check_decode_bounds(source, self.input_policy, fps=sampling.get("fps"), num_frames=sampling.get("num_frames"))
+        check_bounds(source, self.input_policy, sampling)
         return source, {"video_backend": self.video_backend, **sampling}
 
     def _subtitles(self, row: dict, video: Any, video_kwargs: dict) -> str:
@@ -111,72 +112,44 @@ class VideoQAPredictor:
         """What decides a question's video input: questions with the same key share one encoding."""
         return (row["video"], row["video_kind"], row.get("clip_start"), row.get("clip_end"))
 
-    def prepare_inputs(self, row: dict, with_video: bool = True) -> tuple[dict, bool]:
-        """Processor outputs for one question (only the prompt's `input_ids`/`attention_mask` without `with_video`),
-        and whether subtitles were added."""
+    def prompt_inputs(self, row: dict) -> tuple[dict, bool]:
+        """The question's chat prompt (`input_ids`/`attention_mask`, one video placeholder; `longvu_hf.chat`'s
+        tokenization rule) and whether subtitles were added."""
         video, video_kwargs = self._video(row)
         subtitles = self._subtitles(row, video, video_kwargs)
-        if isinstance(video, MediaSource):
-            video = str(video.path)
-        messages = [
-            {
-                "role": "user",
-                "content": [{"type": "video"}, {"type": "text", "text": subtitles_block(subtitles) + row["prompt"]}],
-            }
-        ]
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        # The rendered template already holds its special tokens (Llama-3's BOS): do not add them twice.
-        if not with_video:
-            return self.processor.tokenizer([text], return_tensors="pt", add_special_tokens=False), bool(subtitles)
-        inputs = self.processor(
-            text=[text], videos=[video], return_tensors="pt", add_special_tokens=False, **video_kwargs
-        )
-        return inputs, bool(subtitles)
+        question = subtitles_block(subtitles) + row["prompt"]
+        return VideoSession(self.model, self.processor, None).prompt(question), bool(subtitles)
 
     # -- generation --------------------------------------------------------------------------------------------------
 
-    def encoded_inputs(self, row: dict) -> tuple[dict, bool]:
-        """The prompt of one question with the video's encoding (`video_features`): the video is decoded and encoded
-        only when it differs from the previous question's (the runner orders questions by video)."""
+    def session(self, row: dict) -> VideoSession:
+        """The `VideoSession` of the row's video: opened (streamed into the towers once) only when it differs from
+        the previous question's (the runner orders questions by video)."""
         key = self.video_key(row)
-        if self._encoded is not None and self._encoded[0] == key:
-            inputs, with_subtitles = self.prepare_inputs(row, with_video=False)
-        else:
-            self._encoded = None
-            inputs, with_subtitles = self.prepare_inputs(row, with_video=False)
-            self._encoded = (key, self.encode_video(row))
-        return {**inputs, "video_features": self._encoded[1]}, with_subtitles
+        if self._session is None or self._session[0] != key:
+            self._session = None  # the previous video's encoding goes before the next one is made
+            video, video_kwargs = self._video(row)
+            self._session = (key, VideoSession.open(
+                self.model, self.processor, video, policy=self.input_policy,
+                compression_settings=self.compression_settings, **video_kwargs,
+            ))
+        return self._session[1]
 
-    @torch.inference_mode()
-    def encode_video(self, row: dict):
-        """The video's towers and aggregator (`LongVUVideoFeatures`). A video file is streamed: decoded a chunk at a
-        time and encoded as the chunks arrive (`iter_video_chunks` + `encode_video_stream`), so host memory does not
-        grow with the video; a folder of frames is loaded as the protocol samples it, then encoded."""
-        video, video_kwargs = self._video(row)
-        video_processor = self.processor.video_processor
-        if isinstance(video, MediaSource):
-            chunks = video_processor.iter_video_chunks(str(video.path), **video_kwargs)
-            return self.model.encode_video_stream(chunks, compression_settings=self.compression_settings)
-        pixels = video_processor(videos=[video], return_tensors="pt", **video_kwargs)
-        return self.model.encode_videos(**pixels, compression_settings=self.compression_settings)
+    def encoded_inputs(self, row: dict) -> tuple[dict, bool]:
+        """The prompt of one question with the video's encoding (`video_features`), and whether subtitles were
+        added."""
+        inputs, with_subtitles = self.prompt_inputs(row)
+        return {**inputs, "video_features": self.session(row).features}, with_subtitles
 
-    @torch.inference_mode()
-    def generate(self, inputs) -> tuple[str, dict]:
-        """Greedy answer text (special tokens removed) and the video's compression report."""
-        inputs = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        output = self.model.generate(
-            **inputs,
-            max_new_tokens=self.protocol.max_new_tokens,
-            do_sample=self.protocol.do_sample,
-            num_beams=1,
-            return_dict_in_generate=True,
-            compression_settings=self.compression_settings,
-        )
-        # `sequences` start with the prompt as given (one placeholder per video), as from any transformers model.
-        new_tokens = output.sequences[0, inputs["input_ids"].shape[1] :]
-        text = self.processor.decode(new_tokens, skip_special_tokens=True).strip()
-        reports = getattr(output, "compression", None) or [{}]
-        return text, reports[0]
+    def generate(self, inputs) -> tuple[str, CompressionReport]:
+        """Greedy answer text (special tokens removed) and the video's compression report, from a prompt with its
+        `video_features` (`encoded_inputs`)."""
+        prompt = {key: value for key, value in inputs.items() if key != "video_features"}
+        session = VideoSession(self.model, self.processor, inputs["video_features"],
+                               compression_settings=self.compression_settings)
+        answer = session.generate(prompt, max_new_tokens=self.protocol.max_new_tokens,
+                                  do_sample=self.protocol.do_sample, num_beams=1)
+        return answer.text, answer.compression
 
     def __call__(self, row: dict) -> dict:
         record = {"id": row["id"], "category": row.get("category") or "", "answer": row.get("answer")}
@@ -187,7 +160,7 @@ class VideoQAPredictor:
             return record
         try:
             text, report = self.generate(inputs)
-        except ValueError as error:  # the model's input checks (e.g. the prompt leaves no room for the video)
+        except ValueError as error:  # the budget check (BudgetError: the prompt leaves no room for the video), ...
             record["error"] = _describe(error)
             return record
         record.update(
@@ -195,11 +168,11 @@ class VideoQAPredictor:
             parsed=parse_answer(text, row["letters"], self.protocol.benchmark, list(row.get("options") or [])),
             prompt_tokens=int(inputs["input_ids"].shape[1]),
             subtitles_used=with_subtitles,
-            frames_sampled=report.get("num_input_frames"),
-            frames_kept=len(report["kept_frame_indices"]) if "kept_frame_indices" in report else None,
-            frames_high_res=len(report["high_res_frame_indices"]) if "high_res_frame_indices" in report else None,
-            visual_tokens=report.get("num_visual_tokens"),
-            compression_path=report.get("path"),
+            frames_sampled=report.num_input_frames,
+            frames_kept=len(report.kept_frame_indices),
+            frames_high_res=len(report.high_res_frame_indices),
+            visual_tokens=report.num_visual_tokens,
+            compression_path=report.path,
         )
         return record
 
