@@ -51,10 +51,10 @@ def _settings(engine, args):
 def _encode(engine, source, args, settings):
     """The video (a `MediaSource` from `check_video`) streamed through the towers, once."""
     try:
-        return engine.encode(source, fps=args.fps, num_frames=args.num_frames, max_frames=args.max_frames,
+        return engine.encode(str(source.path), fps=args.fps, num_frames=args.num_frames, max_frames=args.max_frames,
                              compression_settings=settings)
-    except VideoReadError as error:
-        raise CLIError(str(error)) from None
+    except VideoReadError as error:  # named as the user gave it (not the temporary file of a download)
+        raise CLIError(str(error).replace(str(source.path), source.display_name)) from None
 
 
 def _answer(engine, features, questions, args, settings, first_number: int = 1, numbered: bool = True) -> None:

@@ -163,6 +163,8 @@ class VideoQAPredictor:
         except ValueError as error:  # the budget check (BudgetError: the prompt leaves no room for the video), ...
             record["error"] = _describe(error)
             return record
+        if not isinstance(report, CompressionReport):  # its JSON form (from the vLLM engine)
+            report = CompressionReport.from_dict(report)
         record.update(
             output=text,
             parsed=parse_answer(text, row["letters"], self.protocol.benchmark, list(row.get("options") or [])),
