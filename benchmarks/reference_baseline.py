@@ -168,7 +168,7 @@ def reference_first_token(model, input_ids: torch.Tensor, video: dict, dtype: to
     Returns:
         `{"token": first greedy token id, "num_visual_tokens", "kept_frame_indices", "path"}`.
     """
-    base, cfg = model.model, model.config
+    base, encoder, cfg = model.model, model.model.video_encoder, model.config
     device = model.device
     siglip_pixels = reference_float_pixels(
         video["pixel_values_videos"], cfg.siglip_image_mean, cfg.siglip_image_std, dtype, device
@@ -179,7 +179,7 @@ def reference_first_token(model, input_ids: torch.Tensor, video: dict, dtype: to
     chunk_size = cfg.vision_chunk_size
     cfg.vision_chunk_size = REFERENCE_CHUNK_SIZE
     try:
-        dino = base.dino_features(dino_pixels)  # all frames, all features kept
+        dino = encoder.dino_features(dino_pixels)  # all frames, all features kept
         text_len = input_ids.shape[1]
         margin = cfg.context_margin
         selection_tokens = cfg.lowres_grid_size**2 if cfg.highres else cfg.num_queries
@@ -191,7 +191,7 @@ def reference_first_token(model, input_ids: torch.Tensor, video: dict, dtype: to
                 dino, cfg.dino_window_size, cfg.dino_threshold, cfg.max_frames_after_selection
             )
         siglip_pixels, dino_pixels = siglip_pixels[kept.to(device)], dino_pixels[kept.to(device)]
-        siglip = base.siglip_features(siglip_pixels)
+        siglip = encoder.siglip_features(siglip_pixels)
     finally:
         cfg.vision_chunk_size = chunk_size
 
@@ -199,22 +199,22 @@ def reference_first_token(model, input_ids: torch.Tensor, video: dict, dtype: to
     size_wh = (height, width) if cfg.video_size_convention == "reference" else (width, height)
     content = C.padding_key_mask(cfg.encoder_grid_size, size_wh, device=siglip.device)
     key_mask = torch.cat([window_key_mask(content, cfg.query_grid_size)] * 2, dim=-1)
-    sva = base.vision_aggregator([siglip, dino], key_mask)  # all kept frames at once, as the reference
+    sva = encoder.vision_aggregator([siglip, dino], key_mask)  # all kept frames at once, as the reference
 
     max_visual_len = cfg.max_context_length - text_len - margin
     side, low_side = cfg.query_grid_size, cfg.lowres_grid_size
     n_kept = len(sva)
     mix_res = max(1, max_visual_len // (side * side)) <= n_kept <= max(1, max_visual_len // (low_side * low_side))
-    high_grids = base.multi_modal_projector(sva.view(n_kept, side, side, -1))
-    high_frames = reference_unpad_and_newline(high_grids, size_wh, base.image_newline)
+    high_grids = encoder.multi_modal_projector(sva.view(n_kept, side, side, -1))
+    high_frames = reference_unpad_and_newline(high_grids, size_wh, encoder.image_newline)
     frames = high_frames
     if cfg.highres and mix_res:
         low = F.interpolate(
             sva.view(n_kept, side, side, -1).permute(0, 3, 1, 2).float(), size=(low_side, low_side), mode="bilinear",
             align_corners=False,
         ).to(sva.dtype)
-        low_grids = base.multi_modal_projector(low.permute(0, 2, 3, 1))
-        frames = reference_unpad_and_newline(low_grids, C.lowres_original_size(size_wh, side, low_side), base.image_newline)
+        low_grids = encoder.multi_modal_projector(low.permute(0, 2, 3, 1))
+        frames = reference_unpad_and_newline(low_grids, C.lowres_original_size(size_wh, side, low_side), encoder.image_newline)
 
     video_id = cfg.video_token_id
     position = int(torch.where(input_ids[0] == video_id)[0][0])

@@ -44,18 +44,18 @@ def test_selection_over_chunks_equals_the_whole_video(num_frames):
 
 
 def test_the_model_selects_frames_with_select_frames(monkeypatch):
-    from longvu_hf.modeling import modeling_longvu
+    from longvu_hf.modeling import video_encoder
 
     from tiny_model import make_tiny_model
 
     model = make_tiny_model(dino_window_size=4, vision_chunk_size=8)
     calls = []
     original = C.select_frames
-    monkeypatch.setattr(modeling_longvu.C, "select_frames", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(video_encoder.C, "select_frames", lambda *a, **k: calls.append(1) or original(*a, **k))
     pixels = torch.randint(0, 256, (20, 3, 378, 378), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        indices, features, reduced = model.model.select_video_frames(pixels, frame_budget=10)
-        expected = original(model.model.dino_features(pixels), model.config.dino_threshold, 4,
+        indices, features, reduced = model.model.video_encoder.select_video_frames(pixels, frame_budget=10)
+        expected = original(model.model.video_encoder.dino_features(pixels), model.config.dino_threshold, 4,
                             model.config.max_frames_after_selection)
     assert calls and reduced and torch.equal(indices, expected.indices)
     torch.testing.assert_close(features, expected.features)

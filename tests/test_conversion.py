@@ -30,6 +30,7 @@ from transformers import Dinov2Model, SiglipVisionModel
 
 from longvu_hf import LongVUForConditionalGeneration
 from longvu_hf import convert_longvu_weights_to_hf as conv
+from longvu_hf.modeling.video_encoder import module_key
 from tiny_model import random_video_inputs
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
@@ -289,9 +290,10 @@ def test_full_size_release_keys_map_onto_the_model(release):
     assert longvu_config.num_queries == config["query_num_list"][0]
     with torch.device("meta"):
         model = LongVUForConditionalGeneration(longvu_config)
-    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith(("model.vision_tower.",
-                                                                                        "model.dino_tower."))}
-    provided = conv.rename_state_dict(shapes)
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith((
+        "model.video_encoder.vision_tower.", "model.video_encoder.dino_tower."))}
+    # checkpoint key names (`model.vision_aggregator.*`) -> the model's (`model.video_encoder.vision_aggregator.*`)
+    provided = {module_key(k): v for k, v in conv.rename_state_dict(shapes).items()}
     if tied:
         del expected["lm_head.weight"], provided["lm_head.weight"]
     conv.check_state_dict(expected, provided)  # raises on any missing, unexpected or mis-shaped key
@@ -328,14 +330,14 @@ def test_synthetic_release_converts_and_reloads(tmp_path, release):
     # Every original tensor is in the model under its native name, unchanged (the new placeholder rows aside).
     state = model.state_dict()
     for key, tensor in original.items():
-        native = state[conv.rename_key(key)]
+        native = state[module_key(conv.rename_key(key))]
         assert torch.equal(native[: tensor.shape[0]], tensor), key
-    for prefix, tower in (("model.vision_tower.", SIGLIP_DIR), ("model.dino_tower.", DINO_DIR)):
+    for prefix, tower in (("model.video_encoder.vision_tower.", SIGLIP_DIR), ("model.video_encoder.dino_tower.", DINO_DIR)):
         reference = (SiglipVisionModel if "siglip" in str(tower) else Dinov2Model).from_pretrained(tower).state_dict()
         for key, tensor in reference.items():
             if not key.startswith("head."):
                 assert torch.equal(state[prefix + key], tensor), prefix + key
-    assert not any(k.startswith("model.vision_tower.head.") for k in state)
+    assert not any(k.startswith("model.video_encoder.vision_tower.head.") for k in state)
 
     # The LM head is tied exactly when the file's head equals the embeddings (or is absent).
     tied = model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
@@ -699,7 +701,8 @@ def test_full_siglip_model_layout_gives_the_same_tower(tmp_path, good_checkpoint
     full.save_pretrained(tmp_path / "siglip-full")
     from_full = conv.convert_checkpoint(good_checkpoint, tmp_path / "siglip-full", DINO_DIR)
     from_vision = conv.convert_checkpoint(good_checkpoint, SIGLIP_DIR, DINO_DIR)
-    tower_full, tower_vision = from_full.model.vision_tower.state_dict(), from_vision.model.vision_tower.state_dict()
+    tower_full = from_full.model.video_encoder.vision_tower.state_dict()
+    tower_vision = from_vision.model.video_encoder.vision_tower.state_dict()
     assert tower_full.keys() == tower_vision.keys() and not any(k.startswith("head.") for k in tower_full)
     assert all(torch.equal(tower_full[k], tower_vision[k]) for k in tower_full)
 

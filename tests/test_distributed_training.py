@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "tests" / "distributed_cpu_train.py"
 FSDP_CPU_CONFIG = REPO / "examples" / "accelerate" / "fsdp_cpu.yaml"
 ZERO3_CPU_CONFIG = REPO / "examples" / "accelerate" / "deepspeed_zero3_cpu.yaml"
-TOWERS = ("model.vision_tower.", "model.dino_tower.")
+TOWERS = ("model.video_encoder.vision_tower.", "model.video_encoder.dino_tower.")
 ANSWERS = ("A dog runs .", "A red square moves up and down and left .", "yes", "A cat sits and it runs left .")
 LOSS_RTOL = 1e-5
 WEIGHT_TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
@@ -215,8 +215,8 @@ def generates(output: Path, media: dict) -> bool:
 
 def stage1_initial_towers(workspace) -> dict[str, torch.Tensor]:
     """The tower weights stage 1 starts from: the pretrained SigLIP and DINOv2 parts."""
-    towers = {"model.vision_tower.": SiglipVisionModel.from_pretrained(workspace.root / "siglip"),
-              "model.dino_tower.": Dinov2Model.from_pretrained(workspace.root / "dino")}
+    towers = {"model.video_encoder.vision_tower.": SiglipVisionModel.from_pretrained(workspace.root / "siglip"),
+              "model.video_encoder.dino_tower.": Dinov2Model.from_pretrained(workspace.root / "dino")}
     return {prefix + name: tensor for prefix, tower in towers.items() for name, tensor in tower.state_dict().items()}
 
 

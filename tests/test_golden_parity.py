@@ -96,7 +96,7 @@ def test_uint8_normalisation_matches_reference_processor(case, run):
     ):
         u8, lut = case.inputs[f"{encoder}_pixel_values_u8"], case.inputs[f"{encoder}_pixel_values_lut"]
         reference = lut[torch.arange(3).view(1, 3, 1, 1), u8.long()]
-        ours = model.model._normalize(u8, mean, std, "cpu", torch.float32)
+        ours = model.model.video_encoder._normalize(u8, mean, std, "cpu", torch.float32)
         torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
 
 
@@ -104,8 +104,8 @@ def test_tower_features(case, run):
     model = run[0]
     kept = case.expected["kept_frame_indices"]
     with torch.no_grad():
-        dino = model.model.dino_features(case.inputs["dino_pixel_values_u8"])
-        siglip = model.model.siglip_features(case.inputs["siglip_pixel_values_u8"][kept])
+        dino = model.model.video_encoder.dino_features(case.inputs["dino_pixel_values_u8"])
+        siglip = model.model.video_encoder.siglip_features(case.inputs["siglip_pixel_values_u8"][kept])
     torch.testing.assert_close(dino, case.expected["dino_features"], **case.tol("dino_features"))
     torch.testing.assert_close(siglip, case.expected["siglip_features"], **case.tol("siglip_features"))
 
@@ -114,9 +114,9 @@ def test_aggregator_output(case, run):
     model = run[0]
     kept = case.expected["kept_frame_indices"]
     height, width = case.inputs["frames_uint8"].shape[1:3]
-    size_wh = model.model._size_as_reference_reads_it((height, width), is_video=case.is_video)
+    size_wh = model.model.video_encoder.size_as_reference_reads_it((height, width), is_video=case.is_video)
     with torch.no_grad():
-        sva = model.model.aggregate(
+        sva = model.model.video_encoder.aggregate(
             case.expected["siglip_features"], case.expected["dino_features"][kept], size_wh
         )
     torch.testing.assert_close(sva, case.expected["sva_output"], **case.tol("sva_output"))
@@ -158,18 +158,18 @@ def test_mix_scores_and_stc_similarities(case, run):
         pytest.skip("video only")
     expected = case.expected_json
     height, width = case.inputs["frames_uint8"].shape[1:3]
-    size_wh = model.model._size_as_reference_reads_it((height, width), is_video=True)
+    size_wh = model.model.video_encoder.size_as_reference_reads_it((height, width), is_video=True)
     sva = case.expected["sva_output"]
     with torch.no_grad():
         if expected["mix_token"]:
-            low = model.model.project_frames(sva, size_wh, low_res=True)
+            low = model.model.video_encoder.project_frames(sva, size_wh, low_res=True)
             ids = case.inputs["input_ids"][0]
             query_ids = ids[(ids == -200).nonzero()[0, 0] + 1 :]
             query = model.get_input_embeddings()(query_ids)
             scores = C.query_frame_scores(low, query)
             torch.testing.assert_close(scores, case.expected["mix_frame_scores"], atol=1e-4, rtol=1e-4)
         for j, chunk in enumerate((expected.get("stc") or {}).get("chunks", [])):
-            frames = model.model.project_frames(sva, size_wh, low_res=expected["input_mix_res"])[chunk["frames"]]
+            frames = model.model.video_encoder.project_frames(sva, size_wh, low_res=expected["input_mix_res"])[chunk["frames"]]
             sims = F.cosine_similarity(frames[:1], frames[1:], dim=-1)
             torch.testing.assert_close(sims, case.expected[f"stc_cosine_chunk_{j}"], atol=1e-4, rtol=1e-4)
             keep = C.stc_keep_mask(frames, model.config.stc_threshold, model.config.stc_window_size)
@@ -204,8 +204,8 @@ def test_current_dino_interpolation_moves_values_not_decisions(case, run):
     reference_model = run[0]
     model = case.model(dino_position_interpolation="exact")
     with torch.no_grad():
-        ours = model.model.dino_features(case.inputs["dino_pixel_values_u8"])
-        ref = reference_model.model.dino_features(case.inputs["dino_pixel_values_u8"])
+        ours = model.model.video_encoder.dino_features(case.inputs["dino_pixel_values_u8"])
+        ref = reference_model.model.video_encoder.dino_features(case.inputs["dino_pixel_values_u8"])
     recorded = case.expected_json.get("alt_dino_interpolation")
     diff = (ours - ref).abs().max().item()
     assert diff > 1e-3

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from longvu_hf import LongVUProcessor, LongVUVideoProcessor
 from longvu_hf.remote_code import AUTO_MAP_FILES, MODEL_AUTO_MAP, PROCESSOR_AUTO_MAP
@@ -45,6 +45,7 @@ WITHOUT_PACKAGE = textwrap.dedent("""
         if name == "saved":
             model.save_pretrained(resaved)
             processor.save_pretrained(resaved)
+    report["resaved_keys"] = sorted(load_file(resaved + "/model.safetensors"))  # the remote code's key names
     print(json.dumps(report))
 """)
 
@@ -85,6 +86,9 @@ def test_saved_model_and_processor_load_without_the_package(tmp_path):
         assert report[name]["classes"][0].startswith("transformers_modules."), report[name]
         assert report[name]["classes"][1:] == ["LongVUProcessor", "LongVUVideoProcessor"]
         torch.testing.assert_close(torch.tensor(report[name]["logits"]), expected, rtol=1e-4, atol=1e-5)
+    # Remote code registers the same key renaming as the package: it loads and saves the first releases' key names.
+    assert report["resaved_keys"] == sorted(load_file(folder / "model.safetensors"))
+    assert any(key.startswith("model.vision_tower.") for key in report["resaved_keys"])
 
 
 def test_processor_alone_and_model_alone(tmp_path):

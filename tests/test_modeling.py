@@ -121,10 +121,10 @@ def test_uint8_and_float_pixels_agree(model):
     ids = torch.tensor([[5, V, 7]])
     cfg = model.config
     as_float = dict(inputs)
-    as_float["pixel_values_videos"] = model.model._normalize(
+    as_float["pixel_values_videos"] = model.model.video_encoder._normalize(
         inputs["pixel_values_videos"], cfg.siglip_image_mean, cfg.siglip_image_std, "cpu", torch.float32
     )
-    as_float["pixel_values_videos_dino"] = model.model._normalize(
+    as_float["pixel_values_videos_dino"] = model.model.video_encoder._normalize(
         inputs["pixel_values_videos_dino"], cfg.dino_image_mean, cfg.dino_image_std, "cpu", torch.float32
     )
     with torch.no_grad():
@@ -252,7 +252,7 @@ def test_save_and_load_with_auto_classes(tmp_path, text_model_type):
     assert isinstance(AutoModelForMultimodalLM.from_pretrained(tmp_path), LongVUForConditionalGeneration)
     base = AutoModel.from_pretrained(tmp_path, dtype=torch.float32)
     assert isinstance(base, LongVUModel)
-    assert torch.equal(base.image_newline, model.model.image_newline)
+    assert torch.equal(base.video_encoder.image_newline, model.model.video_encoder.image_newline)
     inputs = {"input_ids": torch.tensor([[5, V, 7]]), **random_video_inputs(2)}
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, loaded(**inputs).logits)
@@ -277,16 +277,16 @@ def test_activation_checkpointing_backward():
     model = make_tiny_model()
     model.train()
     (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
-    model.model.vision_tower.requires_grad_(False)
-    model.model.dino_tower.requires_grad_(False)
+    model.model.video_encoder.vision_tower.requires_grad_(False)
+    model.model.video_encoder.dino_tower.requires_grad_(False)
     inputs = random_video_inputs(2)
     ids = torch.tensor([[5, V, 7, 8]])
     out = model(input_ids=ids, labels=ids, **inputs)
     out.loss.backward()
-    aggregator_grads = [p.grad for p in model.model.vision_aggregator.parameters()]
+    aggregator_grads = [p.grad for p in model.model.video_encoder.vision_aggregator.parameters()]
     assert all(g is not None for g in aggregator_grads)
-    assert model.model.image_newline.grad is not None
-    assert all(p.grad is None for p in model.model.vision_tower.parameters())
+    assert model.model.video_encoder.image_newline.grad is not None
+    assert all(p.grad is None for p in model.model.video_encoder.vision_tower.parameters())
 
 
 def test_no_split_modules_and_device_map():
@@ -319,7 +319,7 @@ def test_images_on_video_and_image_checkpoints():
     assert on_video.image_compression[0]["num_visual_tokens"] == 54
     assert on_image.image_compression[0]["num_visual_tokens"] == 450
     assert on_video.logits.shape[1] == 2 + 54 and on_image.logits.shape[1] == 2 + 450
-    assert not any(len(layer.pos_embeds) for layer in image_ckpt.model.vision_aggregator.layers)
+    assert not any(len(layer.pos_embeds) for layer in image_ckpt.model.video_encoder.vision_aggregator.layers)
     out = video_ckpt.generate(input_ids=ids, max_new_tokens=2, do_sample=False, **pixels)
     assert out.shape[1] == 3 + 2
 
@@ -450,10 +450,10 @@ def test_frame_selection_on_long_videos_bounds_cached_features():
     model = make_tiny_model(max_frames_after_selection=5, vision_chunk_size=16, dino_threshold=0.999)
     pixels = random_video_inputs(48, duplicate_runs=2)["pixel_values_videos_dino"]  # 24 distinct frames, twice each
     with torch.no_grad():
-        indices, features, ran = model.model.select_video_frames(pixels, frame_budget=1)
+        indices, features, ran = model.model.video_encoder.select_video_frames(pixels, frame_budget=1)
         model.config.max_frames_after_selection = 400
-        all_kept, _, _ = model.model.select_video_frames(pixels, frame_budget=1)
-        expected_features = model.model.dino_features(pixels[indices])
+        all_kept, _, _ = model.model.video_encoder.select_video_frames(pixels, frame_budget=1)
+        expected_features = model.model.video_encoder.dino_features(pixels[indices])
     assert ran and len(indices) == 5
     assert indices.tolist() == all_kept[[int(i * len(all_kept) / 5) for i in range(5)]].tolist()
     torch.testing.assert_close(features, expected_features, atol=1e-5, rtol=1e-5)
@@ -466,7 +466,7 @@ def test_new_window_position_embeddings_are_initialised(tmp_path):
     config = LongVUConfig.from_pretrained(tmp_path)
     config.num_queries = 144
     model = LongVUForConditionalGeneration.from_pretrained(tmp_path, config=config, dtype=torch.float32)
-    for layer in model.model.vision_aggregator.layers:
+    for layer in model.model.video_encoder.vision_aggregator.layers:
         for pos_embed in layer.pos_embeds:
             assert torch.isfinite(pos_embed).all()
             assert 0.5 < pos_embed.std().item() < 2.0
@@ -553,14 +553,14 @@ def test_compression_settings_apply_to_one_call_only(model):
         forward = model(**inputs, compression_settings=CompressionSettings(max_context_length=300, stc_threshold=0.5))
     assert forward.compression[0] == small.compression[0]
     # the thresholds reach frame selection and STC
-    from longvu_hf.modeling import modeling_longvu
+    from longvu_hf.modeling import video_encoder
 
     seen = {}
-    stc, select = modeling_longvu.C.spatial_token_compression, modeling_longvu.C.select_frames
+    stc, select = video_encoder.C.spatial_token_compression, video_encoder.C.select_frames
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(modeling_longvu.C, "spatial_token_compression",
+        patch.setattr(video_encoder.C, "spatial_token_compression",
                       lambda frames, threshold, *a, **k: seen.setdefault("stc", threshold) and stc(frames, threshold, *a, **k))
-        patch.setattr(modeling_longvu.C, "select_frames",
+        patch.setattr(video_encoder.C, "select_frames",
                       lambda chunks, threshold, *a, **k: seen.setdefault("dino", threshold) and select(chunks, threshold, *a, **k))
         with torch.no_grad():
             model(**inputs, compression_settings={"max_context_length": 100, "stc_threshold": 0.31, "dino_threshold": 0.42})

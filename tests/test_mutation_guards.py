@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from longvu_hf.modeling import compression as C
-from longvu_hf.modeling import modeling_longvu
+from longvu_hf.modeling import video_encoder
 
 from tiny_model import TINY_VIDEO_TOKEN_ID, make_tiny_model, random_video_inputs
 
@@ -137,7 +137,7 @@ def test_mixing_query_is_the_text_after_the_placeholder(model, monkeypatch):
         queries.append(query.detach().clone())
         return original(frames, query)
 
-    monkeypatch.setattr(modeling_longvu.C, "query_frame_scores", spy)
+    monkeypatch.setattr(video_encoder.C, "query_frame_scores", spy)
     prompt = [5, 6, 9, V, 7, 8]  # text_len 6: a context of 322 gives the same 300-token budget
     report = report_for(model, HIGH_FRAMES, prompt=prompt, context=322)
     assert report["path"] == "mix" and len(queries) == 1

@@ -93,10 +93,10 @@ def test_a_live_video_forgets_dropped_frames_exactly_at_the_largest_frame_budget
     scenes = "AAAA AAAA BC"
     pixels = scene_video_inputs(scenes, seed=5)
     live = model.start_live_video((48, 48), compression_settings=settings)
-    assert live.largest_frame_budget == 8
+    assert live.budget.selection_frame_budget == 8
     encoded_frames = []
-    original = model.model.encode_siglip
-    monkeypatch.setattr(model.model, "encode_siglip",
+    original = model.model.video_encoder.encode_siglip
+    monkeypatch.setattr(model.model.video_encoder, "encode_siglip",
                         lambda frames, *a, **k: encoded_frames.append(len(frames)) or original(frames, *a, **k))
 
     def feed(start, stop):

@@ -17,6 +17,7 @@ from longvu_hf.modeling import live_video
 from longvu_hf.modeling.configuration_longvu import CompressionSettings
 from longvu_hf.modeling.live_video import LongVULiveVideo
 from longvu_hf.modeling.video_features import EncodedVideo, settings_difference
+from longvu_hf.modeling.compression_report import VideoBudget
 
 from tiny_model import predict_kept_frames
 
@@ -125,7 +126,7 @@ def test_settings_refuse_values_out_of_range(field, value, message):
 
 
 class StandInModel:
-    """What `LongVULiveVideo` uses of `LongVUModel`, without towers: a frame holds `[scene, frame index]`; its
+    """What `LongVULiveVideo` uses of `LongVUVideoEncoder`, without towers: a frame holds `[scene, frame index]`; its
     "DINOv2 feature" is the scene's own unit vector (duplicates score exactly 1, other scenes exactly 0), and its
     "aggregator output" is `[frame index, scene]`, the scene read from the DINOv2 feature it was given, so a stored
     row names its frame. Every call's arguments are recorded."""
@@ -138,11 +139,11 @@ class StandInModel:
         self.encoded = []  # frame indices that went through "SigLIP", call by call
         self.calls = []  # (what, arguments) of the other calls
 
-    def _largest_frame_budget(self, settings):
+    def any_prompt_budget(self, settings):
         self.calls.append(("budget", settings))
-        return self.largest
+        return VideoBudget(select_budget=0, splice_budget=0, selection_frame_budget=self.largest)
 
-    def _check_pixels(self, pixels, size, name):
+    def check_pixels(self, pixels, size, name):
         self.calls.append(("check", pixels[:, 1, 0, 0].tolist(), size, name))
 
     def dino_features(self, frames):
@@ -152,7 +153,7 @@ class StandInModel:
         self.encoded.append(frames[:, 1, 0, 0].long().tolist())
         return frames, None
 
-    def _size_as_reference_reads_it(self, size, is_video):
+    def size_as_reference_reads_it(self, size, is_video):
         return ("as read", size, is_video)
 
     def aggregate(self, siglip, dino, size_wh):
@@ -202,7 +203,7 @@ def check(features, scenes: str, model, all_frames_kept: bool):
 
 def test_live_windows_memory_and_snapshots(stand_in):
     live = LongVULiveVideo(stand_in, (36, 64), SETTINGS)
-    assert stand_in.calls == [("budget", SETTINGS)] and live.largest_frame_budget == 8
+    assert stand_in.calls == [("budget", SETTINGS)] and live.budget.selection_frame_budget == 8
     with pytest.raises(ValueError, match="No frame has arrived yet"):
         live.features()
     feed(live, "AAA", 0)

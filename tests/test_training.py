@@ -51,7 +51,7 @@ from tiny_model import make_tiny_model, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = ("dog", "runs", "cat", "sits")
-TOWERS = ("model.vision_tower.", "model.dino_tower.")
+TOWERS = ("model.video_encoder.vision_tower.", "model.video_encoder.dino_tower.")
 
 
 def conversation(media_tag: str, answer: str = "A dog runs .") -> list[dict]:
@@ -377,8 +377,8 @@ def test_stage1_model_is_built_from_the_pretrained_parts(stage1_run, workspace):
     before = stage1_run.before
     parts = {
         "model.language_model.": Qwen2ForCausalLM.from_pretrained(workspace.root / "llm").model.state_dict(),
-        "model.vision_tower.": SiglipVisionModel.from_pretrained(workspace.root / "siglip").state_dict(),
-        "model.dino_tower.": Dinov2Model.from_pretrained(workspace.root / "dino").state_dict(),
+        "model.video_encoder.vision_tower.": SiglipVisionModel.from_pretrained(workspace.root / "siglip").state_dict(),
+        "model.video_encoder.dino_tower.": Dinov2Model.from_pretrained(workspace.root / "dino").state_dict(),
     }
     for prefix, weights in parts.items():
         mine = {name[len(prefix):]: tensor for name, tensor in before.items() if name.startswith(prefix)}
@@ -444,7 +444,7 @@ def test_prepare_stage2_creates_window_position_embeddings(stage1_run, tmp_path)
     assert (model.config.num_queries, model.config.highres, model.config.stc_threshold) == (144, True, 0.8)
     state = model.state_dict()
     new = sorted(set(state) - set(stage1))
-    assert new == [f"model.vision_aggregator.layers.{i}.pos_embeds.{e}" for i in range(3) for e in range(2)]
+    assert new == [f"model.video_encoder.vision_aggregator.layers.{i}.pos_embeds.{e}" for i in range(3) for e in range(2)]
     for name in new:
         assert state[name].shape == (4, 32) and torch.isfinite(state[name]).all()
         assert 0.6 < state[name].std().item() < 1.4  # standard normal, like the reference's torch.randn
@@ -484,7 +484,7 @@ def test_stage2_on_videos_skips_bad_media_and_the_result_generates(stage1_run, w
     assert history[-1] < history[0]
     after = trainer.model.state_dict()
     assert all(torch.equal(after[name], stage1[name]) for name in stage1 if name.startswith(TOWERS))
-    assert not torch.equal(after["model.vision_aggregator.layers.0.pos_embeds.0"], prepare_stage2_model(stage1_run.output).state_dict()["model.vision_aggregator.layers.0.pos_embeds.0"])
+    assert not torch.equal(after["model.video_encoder.vision_aggregator.layers.0.pos_embeds.0"], prepare_stage2_model(stage1_run.output).state_dict()["model.video_encoder.vision_aggregator.layers.0.pos_embeds.0"])
 
     model = AutoModelForImageTextToText.from_pretrained(output)
     processor = AutoProcessor.from_pretrained(output)
@@ -558,7 +558,7 @@ def test_activation_checkpointing_gives_the_same_gradients(workspace, use_reentr
     assert any(".pos_embeds." in name for name, _ in model.named_parameters())
     batch = checkpointing_batch(workspace)
     expected = trainable_gradients(model, batch)
-    assert any(name.startswith("model.vision_aggregator.") for name in expected)
+    assert any(name.startswith("model.video_encoder.vision_aggregator.") for name in expected)
     enable_activation_checkpointing(model, use_reentrant)
     assert_same_gradients(trainable_gradients(model, batch), expected)
 
@@ -619,7 +619,7 @@ def test_lora_trains_only_adapters_and_modules_to_save(workspace):
     assert any("language_model" in n and ".lora_A." in n for n in trainable)
     assert not any(".lora_" in n and "language_model" not in n for n in trainable)  # regex scoped to the LLM
     assert {n.split(".modules_to_save.")[0] for n in trainable if ".modules_to_save." in n} == {
-        "base_model.model.model.vision_aggregator", "base_model.model.model.multi_modal_projector"}
+        "base_model.model.model.video_encoder.vision_aggregator", "base_model.model.model.video_encoder.multi_modal_projector"}
 
     from longvu_hf.training.recipe import build_trainer
 

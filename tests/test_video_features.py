@@ -102,21 +102,21 @@ IDENTITY_MODULES = ("vision_tower", "dino_tower", "vision_aggregator")  # what e
 def test_the_fingerprint_covers_every_tower_and_the_aggregator(model, module, which):
     # One value of one module changes (the first value of its first parameter, or the last value of its last or of
     # its largest parameter): features encoded before are stale, so the fingerprint must change.
-    parameters = list(getattr(model.model, module).parameters())
+    parameters = list(getattr(model.model.video_encoder, module).parameters())
     parameter = {"first": parameters[0], "last": parameters[-1],
                  "largest": max(parameters, key=lambda p: p.numel())}[which]
     assert which != "largest" or parameter.numel() > 1000  # far past the first values
     position = 0 if which == "first" else parameter.numel() - 1
-    before = model_fingerprint(model.model)
+    before = model_fingerprint(model.model.video_encoder)
     saved = parameter.detach().clone()
     try:
         with torch.no_grad():
             parameter.view(-1)[position] += 0.5
-        assert model_fingerprint(model.model) != before
+        assert model_fingerprint(model.model.video_encoder) != before
     finally:
         with torch.no_grad():
             parameter.copy_(saved)
-    assert model_fingerprint(model.model) == before
+    assert model_fingerprint(model.model.video_encoder) == before
 
 
 def test_the_fingerprint_ignores_what_features_do_not_depend_on(model):
@@ -126,9 +126,9 @@ def test_the_fingerprint_ignores_what_features_do_not_depend_on(model):
     features = model.encode_videos(**pixels)
     changed = make_tiny_model(seed=1, dino_threshold=0.5, stc_threshold=0.6, max_context_length=2048, context_margin=8)
     for name in ("vision_tower", "dino_tower", "vision_aggregator"):
-        getattr(changed.model, name).load_state_dict(getattr(model.model, name).state_dict())
+        getattr(changed.model.video_encoder, name).load_state_dict(getattr(model.model.video_encoder, name).state_dict())
     changed.config.dino_threshold = model.config.dino_threshold  # the call's threshold must match the encoding's
-    assert model_fingerprint(changed.model) == features.fingerprint
+    assert model_fingerprint(changed.model.video_encoder) == features.fingerprint
     ids = prompt(3, 0)
     settings = {"max_context_length": 1024, "context_margin": 16}
     with torch.no_grad():
@@ -137,7 +137,7 @@ def test_the_fingerprint_ignores_what_features_do_not_depend_on(model):
     torch.testing.assert_close(reused.logits, reference.logits, rtol=1e-4, atol=1e-5)
     # what selection depends on is part of the identity
     for field, value in (("dino_window_size", 8), ("max_frames_after_selection", 100), ("num_queries", 576)):
-        assert model_fingerprint(make_tiny_model(**{field: value}).model) != features.fingerprint, field
+        assert model_fingerprint(make_tiny_model(**{field: value}).model.video_encoder) != features.fingerprint, field
 
 
 def test_the_fingerprint_survives_saving_and_loading_the_model(model, tmp_path):
@@ -147,7 +147,7 @@ def test_the_fingerprint_survives_saving_and_loading_the_model(model, tmp_path):
 
     model.save_pretrained(tmp_path / "model")
     loaded = LongVUForConditionalGeneration.from_pretrained(tmp_path / "model")
-    assert model_fingerprint(loaded.model) == model_fingerprint(model.model)
+    assert model_fingerprint(loaded.model.video_encoder) == model_fingerprint(model.model.video_encoder)
 
 
 def test_the_fingerprint_does_not_depend_on_the_order_of_config_fields(model):
@@ -158,9 +158,9 @@ def test_the_fingerprint_does_not_depend_on_the_order_of_config_fields(model):
         config = type(model.config).from_dict(model.config.to_dict())
         for name in names:
             setattr(config, name, len(name))
-        towers = {name: getattr(model.model, name) for name in ("vision_tower", "dino_tower", "vision_aggregator")}
+        towers = {name: getattr(model.model.video_encoder, name) for name in ("vision_tower", "dino_tower", "vision_aggregator")}
         fingerprints.append(model_fingerprint(types.SimpleNamespace(config=config, **towers)))
-    assert fingerprints[0] == fingerprints[1] != model_fingerprint(model.model)
+    assert fingerprints[0] == fingerprints[1] != model_fingerprint(model.model.video_encoder)
 
 
 def test_a_batch_mixing_encoded_and_new_videos(model):

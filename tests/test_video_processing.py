@@ -240,17 +240,17 @@ def test_float_output_is_what_the_model_computes_from_uint8():
     assert as_uint8["pixel_values_videos"].dtype == torch.uint8
     assert as_float["pixel_values_videos"].dtype == torch.float32
     with torch.no_grad():
-        siglip_u8 = model.model.siglip_features(as_uint8["pixel_values_videos"])
-        siglip_float = model.model.siglip_features(as_float["pixel_values_videos"])
-        dino_u8 = model.model.dino_features(as_uint8["pixel_values_videos_dino"])
-        dino_float = model.model.dino_features(as_float["pixel_values_videos_dino"])
+        siglip_u8 = model.model.video_encoder.siglip_features(as_uint8["pixel_values_videos"])
+        siglip_float = model.model.video_encoder.siglip_features(as_float["pixel_values_videos"])
+        dino_u8 = model.model.video_encoder.dino_features(as_uint8["pixel_values_videos_dino"])
+        dino_float = model.model.video_encoder.dino_features(as_float["pixel_values_videos_dino"])
     assert torch.equal(siglip_u8, siglip_float)
     assert torch.equal(dino_u8, dino_float)
     images_u8 = processor.preprocess_images(Image.fromarray(video[0]))
     images_float = processor.preprocess_images(Image.fromarray(video[0]), do_rescale=True, do_normalize=True)
     with torch.no_grad():
-        siglip_u8 = model.model.siglip_features(images_u8["pixel_values"])
-        siglip_float = model.model.siglip_features(images_float["pixel_values"])
+        siglip_u8 = model.model.video_encoder.siglip_features(images_u8["pixel_values"])
+        siglip_float = model.model.video_encoder.siglip_features(images_float["pixel_values"])
     assert torch.equal(siglip_u8, siglip_float)
 
 

@@ -44,6 +44,7 @@ from transformers.models.auto import CONFIG_MAPPING
 
 from .configuration_longvu import LongVUConfig
 from .modeling import LongVUForConditionalGeneration
+from .modeling.video_encoder import module_key
 
 try:
     from transformers.initialization import no_init_weights
@@ -467,6 +468,9 @@ def convert_checkpoint(
     del siglip_tower, dino_tower
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
+    # Written above as the checkpoint keys (what `save_pretrained` writes); the model holds the visual modules under
+    # `model.video_encoder`.
+    state = {module_key(key): tensor for key, tensor in state.items()}
 
     # Built in the target dtype without random init, then every parameter is replaced by its loaded tensor
     # (`assign`): the model's own storage is never written, so converting takes about one copy of the weights in

@@ -78,6 +78,11 @@ class VideoBudget:
     splice_budget: int
     selection_frame_budget: int
 
+    def runs_selection(self, num_frames: int) -> bool:
+        """Whether DINOv2 frame selection runs on a video of `num_frames` frames under this budget (the one place
+        this is decided): when the video has at least as many frames as the budget allows."""
+        return num_frames >= self.selection_frame_budget
+
 
 @dataclass(eq=False)
 class CompressionReport(_ReportMapping):

@@ -5,7 +5,7 @@ DINOv2 selection works on windows of `dino_window_size` frames, each on its own;
 among the survivors) and the decision whether selection runs at all (it runs when the video has at least as many
 frames as the prompt's budget allows) depend on the whole video. So each complete window is scored when its last
 frame arrives, and the frames it drops are forgotten once the video is long enough that every prompt triggers
-selection (`LongVUModel._largest_frame_budget`). Until then every frame is kept, as `encode_videos` keeps them.
+selection (`LongVUVideoEncoder.any_prompt_budget`). Until then every frame is kept, as `encode_videos` keeps them.
 
 Memory: one aggregator output per kept frame (`num_queries x aggregator_hidden_size` values in the model's dtype:
 144 x 1024 x 2 bytes = 288 KiB in bfloat16 for the released checkpoints), plus the pixels of the window in progress
@@ -35,19 +35,25 @@ from .video_features import EncodedVideo, LongVUVideoFeatures, model_fingerprint
 
 class LongVULiveVideo:
     """Frames appended in chunks, encoded as DINOv2 windows complete; `features()` is what `encode_videos` would
-    return for the frames so far (see the module docstring). Made by `LongVUModel.start_live_video`."""
+    return for the frames so far (see the module docstring). Made by `LongVUModel.start_live_video`; `encoder` is the
+    model's `LongVUVideoEncoder`."""
 
-    def __init__(self, model, video_size: tuple[int, int], settings: CompressionSettings):
-        self.model = model
+    def __init__(self, encoder, video_size: tuple[int, int], settings: CompressionSettings):
+        self.encoder = encoder
         self.video_size = (int(video_size[0]), int(video_size[1]))
         self.settings = settings
-        self.window = model.config.dino_window_size
-        self.largest_frame_budget = model._largest_frame_budget(settings)
+        self.window = encoder.config.dino_window_size
+        self.budget = encoder.any_prompt_budget(settings)  # whether selection runs, for any prompt
         self.num_frames = 0
         self.kept: dict[int, torch.Tensor] = {}  # frame index -> aggregator output, for the frames that may be used
         self.selected: list[torch.Tensor] = []  # the kept indices of each complete window
         self.pending_pixels: list[tuple[torch.Tensor, torch.Tensor]] = []  # the window in progress
-        self._fingerprint = model_fingerprint(model)
+        self._fingerprint = model_fingerprint(encoder)
+
+    @property
+    def largest_frame_budget(self) -> int:
+        """The frames from which every prompt runs DINOv2 selection (`self.budget.selection_frame_budget`)."""
+        return self.budget.selection_frame_budget
 
     # -- input ---------------------------------------------------------------------------------------------------------
 
@@ -80,9 +86,9 @@ class LongVULiveVideo:
                 f"`pixel_values_videos` holds {len(pixel_values_videos)} frames but `pixel_values_videos_dino` "
                 f"{len(pixel_values_videos_dino)}"
             )
-        base = self.model
-        base._check_pixels(pixel_values_videos, base.config.vision_config.image_size, "pixel_values_videos")
-        base._check_pixels(pixel_values_videos_dino, base.config.dino_image_size, "pixel_values_videos_dino")
+        base = self.encoder
+        base.check_pixels(pixel_values_videos, base.config.vision_config.image_size, "pixel_values_videos")
+        base.check_pixels(pixel_values_videos_dino, base.config.dino_image_size, "pixel_values_videos_dino")
         for frame, frame_dino in zip(pixel_values_videos, pixel_values_videos_dino):
             self.pending_pixels.append((frame, frame_dino))
             if len(self.pending_pixels) == self.window:
@@ -92,7 +98,7 @@ class LongVULiveVideo:
         self.selected.append(self._score_and_encode(self.pending_pixels, self.kept))
         self.num_frames += len(self.pending_pixels)
         self.pending_pixels = []
-        if self.num_frames >= self.largest_frame_budget:  # every prompt selects from now on: forget the rest
+        if self.budget.runs_selection(self.num_frames):  # every prompt selects from now on: forget the rest
             keep = set(torch.cat(self.selected).tolist())
             self.kept = {index: value for index, value in self.kept.items() if index in keep}
 
@@ -100,14 +106,14 @@ class LongVULiveVideo:
         """Score one window (the frames after `self.num_frames`) and put the aggregator output of the frames that may
         be used into `store`: every frame while the video is shorter than the largest frame budget, else the ones
         selection keeps. Returns the (video) indices selection keeps in this window."""
-        base = self.model
+        base = self.encoder
         pixels = torch.stack([f for f, _ in frames])
         dino = base.dino_features(torch.stack([d for _, d in frames]))
         kept_local = C.select_frames_in_windows(dino, self.settings.dino_threshold, self.window)[0]
-        every_frame = self.num_frames + len(frames) < self.largest_frame_budget
+        every_frame = not self.budget.runs_selection(self.num_frames + len(frames))
         encoded = torch.arange(len(frames)) if every_frame else kept_local
         siglip, _ = base.encode_siglip(pixels[encoded.to(pixels.device)])
-        size_wh = base._size_as_reference_reads_it(self.video_size, is_video=True)
+        size_wh = base.size_as_reference_reads_it(self.video_size, is_video=True)
         sva = base.aggregate(siglip, dino[encoded.to(dino.device)], size_wh)
         for position, local in enumerate(encoded.tolist()):
             store[self.num_frames + local] = sva[position]
@@ -129,11 +135,11 @@ class LongVULiveVideo:
         if self.pending_pixels:  # scored as a shorter last window, in this snapshot only
             selected.append(self._score_and_encode(self.pending_pixels, kept))
         survivors = torch.cat(selected)
-        config = self.model.config
+        config = self.encoder.config
         survivors = survivors[C.cap_selected_frames(
             torch.arange(len(survivors)), total, self.window, config.max_frames_after_selection
         )]
-        if total >= self.largest_frame_budget:
+        if self.budget.runs_selection(total):
             candidates, all_frames_kept = survivors, False
         else:
             candidates, all_frames_kept = torch.arange(total), True
@@ -145,7 +151,7 @@ class LongVULiveVideo:
 
 
 def encode_video_stream(
-    model, chunks: Iterable[dict], video_size: tuple[int, int] | None = None,
+    encoder, chunks: Iterable[dict], video_size: tuple[int, int] | None = None,
     compression_settings: CompressionSettings | dict | None = None, queue_chunks: int = 2,
 ) -> LongVUVideoFeatures:
     """Encode a video that arrives as chunks of preprocessed frames (`VideoChunks` from
@@ -160,8 +166,8 @@ def encode_video_stream(
         video_size = getattr(chunks, "video_size", None)
         if video_size is None:
             raise ValueError("`video_size` (height, width) is needed when the chunks do not carry it")
-    live = LongVULiveVideo(model, video_size, CompressionSettings.from_value(compression_settings).resolve(model.config))
-    device = model.dino_tower.device
+    live = LongVULiveVideo(encoder, video_size, CompressionSettings.from_value(compression_settings).resolve(encoder.config))
+    device = encoder.dino_tower.device
     pin = device.type == "cuda"
 
     def staged(source: Iterable[dict]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -38,15 +38,20 @@ def _longvu_model(model: nn.Module) -> nn.Module:
     return base.model
 
 
+def _video_encoder(model: nn.Module) -> nn.Module:
+    """The `LongVUVideoEncoder` (towers, aggregator, projector) of a possibly PEFT-wrapped model."""
+    return _longvu_model(model).video_encoder
+
+
 def freeze_vision_towers(model: nn.Module) -> None:
     """Freeze SigLIP and DINOv2, as both training stages of the reference do.
 
     Only parameters with `requires_grad` reach the optimizer that `Trainer` builds, so the towers carry no optimizer
     state under DDP, FSDP or DeepSpeed, and autograd records nothing inside them.
     """
-    longvu = _longvu_model(model)
+    encoder = _video_encoder(model)
     for name in VISION_TOWERS:
-        getattr(longvu, name).requires_grad_(False)
+        getattr(encoder, name).requires_grad_(False)
 
 
 def trainable_parameter_names(model: nn.Module) -> list[str]:
@@ -153,10 +158,11 @@ def _init_model_from_parts(
     if not config.tie_word_embeddings:
         _load_into(model.lm_head, llm.get_output_embeddings(), "LM head")
     del llm
-    tower = type(longvu.vision_tower).from_pretrained(str(vision_model), config=config.vision_config, **kwargs)
-    _load_into(longvu.vision_tower, tower, "SigLIP")
-    tower = type(longvu.dino_tower).from_pretrained(str(dino_model), config=config.dino_config, **kwargs)
-    _load_into(longvu.dino_tower, tower, "DINOv2")
+    encoder = longvu.video_encoder
+    tower = type(encoder.vision_tower).from_pretrained(str(vision_model), config=config.vision_config, **kwargs)
+    _load_into(encoder.vision_tower, tower, "SigLIP")
+    tower = type(encoder.dino_tower).from_pretrained(str(dino_model), config=config.dino_config, **kwargs)
+    _load_into(encoder.dino_tower, tower, "DINOv2")
     del tower
     if dtype is not None:
         model = model.to(dtype)
