@@ -50,10 +50,13 @@ def integration(monkeypatch):
 
 
 class FakeModel:
-    """Records what `generate` receives; answers with two new tokens."""
+    """Records what `generate` receives; answers with two new tokens. Its config holds the budget fields the settings
+    are checked against (`longvu_hf.session.plan_budget`)."""
 
     def __init__(self):
         self.calls = []
+        self.config = types.SimpleNamespace(max_context_length=8192, context_margin=16, dino_threshold=0.83,
+                                            stc_threshold=0.7)
 
     def generate(self, **kwargs):
         self.calls.append(kwargs)
@@ -115,8 +118,38 @@ def test_without_a_protocol_only_the_given_settings_are_passed(integration, monk
     assert answer(lm, model)["compression_settings"] == {"max_visual_tokens": None}  # the model's own config
 
 
+def test_settings_out_of_range_end_the_run_before_any_question(integration, monkeypatch):
+    with pytest.raises(integration.LongVUEvaluationError, match="max_visual_tokens 0: must be at least 1"):
+        build(integration, monkeypatch, max_visual_tokens="0")
+    with pytest.raises(integration.LongVUEvaluationError, match="context_margin -1: must be 0 or more"):
+        build(integration, monkeypatch, context_margin="-1")
+
+
 def test_unknown_arguments_and_protocols_end_the_run(integration, monkeypatch):
     with pytest.raises(integration.LongVUEvaluationError, match="unknown model arguments"):
         build(integration, monkeypatch, drop_threshold=0.5)
     with pytest.raises(integration.LongVUEvaluationError, match="Unknown benchmark"):
         build(integration, monkeypatch, protocol="videomm")
+
+
+def test_streamed_batch_equals_the_processor_path(integration, monkeypatch, tmp_path):
+    """Video files are streamed into the towers by the library's session (one per video) and the prompts tokenized by
+    `longvu_hf.chat`; `generate` then answers a left-padded batch exactly as on the processor's one-shot inputs."""
+    from longvu_hf import LongVUProcessor, LongVUVideoProcessor
+    from longvu_hf.tiny import tiny_model, tiny_tokenizer, write_scene_clip
+
+    tokenizer = tiny_tokenizer()
+    model, processor = tiny_model(tokenizer), LongVUProcessor(tokenizer, LongVUVideoProcessor())
+    monkeypatch.setattr(integration.LongVULmmsEvalModel, "_load", lambda self, *a: (model, processor))
+    lm = integration.LongVULmmsEvalModel(pretrained="folder", device="cpu", fps="2", max_visual_tokens="300")
+    clips = [write_scene_clip(tmp_path / f"clip{i}.mp4", seconds=3 + 2 * i, fps=4, width=64, height=36, seed=i)
+             for i in range(2)]
+    batch = [integration.PreparedRequest(
+        index=i, context="", gen_kwargs={}, videos=[str(clip)],
+        messages=[{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}])
+        for i, (clip, question) in enumerate(zip(clips, ["What is happening in this video ?", "Describe it"]))]
+    streamed, one_shot = lm._streamed_inputs(batch), lm._processor_inputs(batch)
+    assert streamed["input_ids"].tolist() == one_shot["input_ids"].tolist()
+    settings = {"max_new_tokens": 4, "do_sample": False, "compression_settings": lm.compression_settings}
+    with torch.no_grad():
+        assert model.generate(**streamed, **settings).tolist() == model.generate(**one_shot, **settings).tolist()

@@ -1,5 +1,6 @@
-"""Chat prompts about one video, shared by every front end (CLI, web page, vLLM engine): the messages with the video
-in the first user turn, and their tokenization with one BOS rule.
+"""Chat prompts about one video, shared by every front end (the library's `VideoSession`, hence the CLI, the web page
+and the benchmark predictor; the vLLM engine; the lmms-eval model): the messages with the video in the first user
+turn, and their tokenization with one BOS rule.
 
 Example:
 
@@ -40,8 +41,23 @@ def tokenize_chat(template_owner: Any, messages: list[dict], tokenizer: Any = No
     (or itself). Without `tokenizer_kwargs`, returns `input_ids`/`attention_mask` as tensors."""
     tokenizer = tokenizer or getattr(template_owner, "tokenizer", template_owner)
     text = template_owner.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    add_special = not (tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token))
-    return dict(tokenizer(text, add_special_tokens=add_special, **(tokenizer_kwargs or {"return_tensors": "pt"})))
+    return dict(tokenizer(text, add_special_tokens=_adds_special_tokens(tokenizer, text),
+                          **(tokenizer_kwargs or {"return_tensors": "pt"})))
 
 
-__all__ = ["tokenize_chat", "video_chat_messages"]
+def _adds_special_tokens(tokenizer: Any, text: str) -> bool:
+    """The BOS rule: a rendered template that already starts with BOS (Llama-3's) gets no second one."""
+    return not (tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token))
+
+
+def tokenize_chats(template_owner: Any, conversations: Sequence[list[dict]], tokenizer: Any = None):
+    """`tokenize_chat` for a batch of chats, left-padded into `input_ids`/`attention_mask` tensors (for a batched
+    `generate`); each chat gets the same BOS rule."""
+    tokenizer = tokenizer or getattr(template_owner, "tokenizer", template_owner)
+    encoded = [tokenize_chat(template_owner, messages, tokenizer, return_tensors=None) for messages in conversations]
+    return dict(tokenizer.pad({"input_ids": [item["input_ids"] for item in encoded],
+                               "attention_mask": [item["attention_mask"] for item in encoded]},
+                              padding_side="left", return_tensors="pt"))
+
+
+__all__ = ["tokenize_chat", "tokenize_chats", "video_chat_messages"]

@@ -5,10 +5,12 @@ the `lmms_eval.models` entry point that `setup.cfg` declares (lmms-eval >= 0.7 r
 model registry), so nothing in lmms-eval is patched and no `trust_remote_code` is needed.
 
 What the model does for each question (a chat request, `is_simple = False`: lmms-eval hands over the task's messages):
-the processor's chat template renders the text with one placeholder per video/image, `processor(text=..., videos=...)`
-decodes and samples the video with the settings given here (`fps`, `max_frames`, ... or a benchmark's official
-`protocol`), `model.generate` answers, and the answer is the decoded new tokens: the same inputs and the same answer as
-the README's `apply_chat_template(..., tokenize=True)` + `generate` path.
+the model is loaded by the library (`longvu_hf.loading`); each video file or URL is streamed into the towers once
+(`longvu_hf.session.VideoSession`, under the local user's input policy, with the sampling given here: `fps`,
+`max_frames`, ... or a benchmark's official `protocol`); the chat template renders the text with one placeholder per
+video (`longvu_hf.chat`'s tokenization rule); `model.generate` answers a left-padded batch, and the answer is the
+decoded new tokens: the same answer as the README's `apply_chat_template(..., tokenize=True)` + `generate` path.
+Questions with images (or in-memory videos) go through the processor's one-shot path instead.
 
 Failures are failures: lmms-eval's command line catches every `Exception`, logs it and exits with status 0, so a run
 whose model could not load, or that could not answer a question (a missing video, a prompt that leaves no room for the
@@ -35,12 +37,15 @@ from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 
-from ..media_inputs import InputPolicy, check_decode_bounds, resolve_media
+from .. import loading
+from ..chat import tokenize_chats
+from ..media_inputs import InputPolicy, resolve_media
 from ..modeling.video_features import LongVUVideoFeatures
+from ..session import VideoSession, check_bounds, plan_budget
 
 # lmms-eval's own default when a task gives no `max_new_tokens` (its Qwen2.5-VL chat model uses the same).
 DEFAULT_MAX_NEW_TOKENS = 128
-DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
+DTYPE_CHOICES = loading.DTYPE_CHOICES
 # Config fields the model arguments may set at load time (the token budget and the official per-benchmark thresholds).
 CONFIG_FIELDS = ("max_context_length", "context_margin", "stc_threshold", "dino_threshold")
 
@@ -277,6 +282,7 @@ class LongVULmmsEvalModel(lmms):
             self._model, self.processor = self._load(
                 str(pretrained), dtype, _optional(attn_implementation), _as_bool(trust_remote_code)
             )
+            plan_budget(self._model.config, 0, self.compression_settings)  # the one budget check, before any question
         eval_logger.info(
             f"longvu (process {self._rank + 1}/{self._world_size}): {pretrained} on {self._device}, sampling "
             f"{self.sampling_kwargs or 'the processor defaults'}, max_visual_tokens={self.max_visual_tokens}"
@@ -285,14 +291,12 @@ class LongVULmmsEvalModel(lmms):
     # -- loading -----------------------------------------------------------------------------------------------------
 
     def _pick_device(self, requested: str | None) -> torch.device:
-        from ..cli import pick_device
-
         requested = str(_optional(requested) or "auto")
         if self._world_size > 1 and requested in ("auto", "cuda"):
             # One GPU per process, as `accelerate launch` numbers them; without CUDA every process runs on the CPU.
             local_rank = int(os.environ.get("LOCAL_RANK", self.accelerator.local_process_index))
             return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        return torch.device(pick_device(requested))
+        return torch.device(loading.pick_device(requested, option="device"))
 
     @contextlib.contextmanager
     def _main_process_first(self) -> Iterator[None]:
@@ -322,30 +326,15 @@ class LongVULmmsEvalModel(lmms):
         return config_overrides, sampling_kwargs
 
     def _load(self, pretrained: str, dtype: str, attn_implementation: str | None, trust_remote_code: bool):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        from .. import cli
-
-        if dtype not in DTYPE_CHOICES:
-            raise ValueError(f"dtype={dtype}: choose one of {DTYPE_CHOICES}")
+        """The library's loading (`longvu_hf.loading`: folder, Hub id, official id converted on first use, adapter
+        folder); errors name `pretrained=`/`dtype=`. `trust_remote_code` is accepted and not needed: this package
+        registers LongVU with transformers."""
+        torch_dtype = loading.pick_dtype(dtype, self._device.type, option="dtype")
         # An official id is converted once, by the main process, while the others wait.
         with self._main_process_first():
-            try:
-                folder = cli.resolve_model(pretrained, quiet=self._rank != 0)
-            except cli.CLIError as error:
-                raise ValueError(str(error).replace(f"--model {pretrained}", f"pretrained={pretrained}", 1)) from None
-        load_kwargs: dict[str, Any] = {"dtype": cli.pick_dtype(dtype, self._device.type)}
-        if attn_implementation is not None:
-            load_kwargs["attn_implementation"] = attn_implementation
-        if self._device.type == "cuda":
-            load_kwargs["device_map"] = str(self._device)
-        model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=trust_remote_code, **load_kwargs)
-        if self._device.type != "cuda":
-            model = model.to(self._device)
-        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code)
-        if not hasattr(processor, "video_token") or not hasattr(processor, "video_processor"):
-            raise ValueError(f"its processor is a {type(processor).__name__}, not a LongVUProcessor")
-        return model.eval(), processor
+            folder = loading.resolve_model(pretrained, quiet=self._rank != 0, option="pretrained")
+        return loading.load_model_and_processor(folder, pretrained, str(self._device), torch_dtype, quiet=True,
+                                                option="pretrained", attn_implementation=attn_implementation)
 
     # -- lmms-eval's model interface ---------------------------------------------------------------------------------
 
@@ -456,20 +445,13 @@ class LongVULmmsEvalModel(lmms):
             return None
         if not all(isinstance(video, (str, os.PathLike)) for video in videos):
             return None
-        texts = [self.processor.apply_chat_template(item.messages, add_generation_prompt=True, tokenize=False)
-                 for item in batch]
         kwargs = self._sampling(batch)
-        policy = InputPolicy.local_user()
-        encoded = []
-        for video in videos:
-            with resolve_media(video, policy) as source:  # a download is deleted once encoded
-                check_decode_bounds(source, policy, fps=kwargs.get("fps"), num_frames=kwargs.get("num_frames"))
-                chunks = self.processor.video_processor.iter_video_chunks(str(source.path), **kwargs)
-                features = self._model.encode_video_stream(chunks, compression_settings=self.compression_settings)
-            encoded.append(features)
-        # One placeholder per video, as the processor writes it; the rendered template holds its special tokens.
-        inputs = self.processor.tokenizer(texts, padding=True, padding_side="left", return_tensors="pt",
-                                          add_special_tokens=False)
+        # Each video streamed into the towers once (a download is deleted once encoded): the library's session.
+        encoded = [VideoSession.open(self._model, self.processor, str(video), policy=InputPolicy.local_user(),
+                                     compression_settings=self.compression_settings, **kwargs).features
+                   for video in videos]
+        # One placeholder per video, with the one chat-tokenization rule (`longvu_hf.chat`), left-padded.
+        inputs = tokenize_chats(self.processor, [item.messages for item in batch])
         first = encoded[0]
         features = LongVUVideoFeatures([part[0] for part in encoded], fingerprint=first.fingerprint,
                                        settings=first.settings)
@@ -488,7 +470,7 @@ class LongVULmmsEvalModel(lmms):
             for position, video in enumerate(videos):
                 if isinstance(video, (str, os.PathLike)):
                     source = resolved.enter_context(resolve_media(video, policy))
-                    check_decode_bounds(source, policy, fps=kwargs.get("fps"), num_frames=kwargs.get("num_frames"))
+                    check_bounds(source, policy, kwargs)
                     videos[position] = str(source.path)
             # The rendered template already holds its special tokens (Llama-3's BOS), as `apply_chat_template(...,
             # tokenize=True)` knows: do not add them twice.
