@@ -39,7 +39,7 @@ import torch
 
 from .chat import tokenize_chat, video_chat_messages
 from .configuration_longvu import CompressionSettings
-from .media_inputs import InputPolicy, MediaSource, check_decode_bounds, resolve_media
+from .media_inputs import InputPolicy, InputRefused, MediaSource, check_decode_bounds, resolve_media
 from .modeling.compression import visual_budget
 from .modeling.compression_report import CompressionReport
 
@@ -461,6 +461,10 @@ class VideoSession:
                     raise FileNotFoundError(
                         f"video {name}: no such file or folder; check the path (or give an http(s) URL)"
                     ) from None
+                except InputRefused:
+                    raise
+                except ValueError as error:  # a container no decoder opens: one line naming the input
+                    raise VideoReadError(str(error).strip().splitlines()[0]) from None
             check_bounds(source, policy, options)
             features, info = encode_video(model, processor, source.path, name=source.display_name,
                                           compression_settings=settings, progress=progress,

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..configuration_longvu import CompressionSettings
-from ..media_inputs import InputPolicy, InputRefused, MediaSource, resolve_media
+from ..media_inputs import InputPolicy, MediaSource, resolve_media
 from ..session import Answer, VideoSession, plan_budget
 from .errors import CLIError
 from .progress import ProgressBars, make_streamer
@@ -21,8 +21,8 @@ def check_video(value: str) -> MediaSource:
         return resolve_media(value, InputPolicy.local_user(), display_name=value)
     except FileNotFoundError:
         raise CLIError(f"video {value}: no such file or folder; check the path (or give an http(s) URL)") from None
-    except InputRefused as error:
-        raise CLIError(str(error)) from None
+    except ValueError as error:  # refused by the policy (InputRefused), or a container no decoder opens
+        raise CLIError(str(error).strip().splitlines()[0]) from None
 
 
 def call_settings(config, args) -> CompressionSettings:
