@@ -67,7 +67,8 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 def model_inputs(processor, video, fps=None, num_frames=None):
     """The processor's one-shot inputs for the chat prompt with the video (the reference the command must match)."""
-    messages = [{"role": "user", "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": QUESTION}]}]
+    content = [{"type": "video", "path": str(video)}, {"type": "text", "text": QUESTION}]
+    messages = [{"role": "user", "content": content}]
     options = {key: value for key, value in (("fps", fps), ("num_frames", num_frames)) if value is not None}
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                            return_tensors="pt", processor_kwargs={"return_metadata": True, **options})

@@ -326,8 +326,9 @@ def encode_video(
         stream: Iterable[dict] = chunks
         if thumbnails is not None:
             stream = _jpeg_thumbnails(chunks, chunks.video_size, thumbnails)
-        decoding = (video_processor.frame_progress(lambda count: reporting(DECODING, count, total))
-                    if reporting is not None and hasattr(video_processor, "frame_progress") else contextlib.nullcontext())
+        decoding = contextlib.nullcontext()
+        if reporting is not None and hasattr(video_processor, "frame_progress"):
+            decoding = video_processor.frame_progress(lambda count: reporting(DECODING, count, total))
         with torch.no_grad(), decoding, tower_progress(model, reporting, total):
             features = model.encode_video_stream(stream, video_size=chunks.video_size, compression_settings=settings)
     except BaseException as error:

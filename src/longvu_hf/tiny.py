@@ -218,10 +218,13 @@ def demo_model_and_processor(max_context_length: int = DEMO_CONTEXT_LENGTH):
     from .processing import LongVUProcessor, LongVUVideoProcessor
 
     tokenizer = tiny_tokenizer()
-    return tiny_model(tokenizer, max_context_length=max_context_length), LongVUProcessor(tokenizer, LongVUVideoProcessor())
+    model = tiny_model(tokenizer, max_context_length=max_context_length)
+    return model, LongVUProcessor(tokenizer, LongVUVideoProcessor())
 
 
-def write_demo_clip(path: str | os.PathLike, seconds: int = 90, fps: int = 2, width: int = 128, height: int = 72) -> Path:
+def write_demo_clip(
+    path: str | os.PathLike, seconds: int = 90, fps: int = 2, width: int = 128, height: int = 72
+) -> Path:
     """The demo's clip: scenes of flat colour with a moving square (`write_scene_clip`, needs PyAV)."""
     return write_scene_clip(path, seconds=seconds, fps=fps, width=width, height=height)
 
