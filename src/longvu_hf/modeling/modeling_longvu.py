@@ -350,49 +350,17 @@ class LongVUModel(LongVUPreTrainedModel):
         """
         encoder = self.video_encoder
         settings = call_settings(compression_settings, max_visual_tokens).resolve(self.config)
-        videos, videos_dino, sizes = [], [], []
-        if video_features is None:
-            if pixel_values_videos_dino is None:
-                raise ValueError("`pixel_values_videos_dino` is required with `pixel_values_videos`")
-            videos, videos_dino, sizes = encoder.split_videos(
-                pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes
-            )
-            entries, name, tower_flags = [None] * len(videos), "pixel_values_videos", encoder.tower_output_flags(kwargs)
-        else:
-            encoder.check_features(video_features, settings)
-            entries, name, tower_flags = list(video_features), "video_features", (False, False)
-            missing = sum(entry is None for entry in entries)
-            if missing:
-                if pixel_values_videos is None:
-                    raise ValueError(
-                        f"`video_features` leave {missing} video(s) to the pixels, but no `pixel_values_videos`"
-                    )
-                videos, videos_dino, sizes = encoder.split_videos(
-                    pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes
-                )
-            elif pixel_values_videos is not None:
-                raise ValueError("`video_features` cover every video: do not pass `pixel_values_videos` as well")
-            if len(videos) != missing:
-                raise ValueError(f"`video_features` leave {missing} video(s) to the pixels, which hold {len(videos)}")
-        layout = self._prompt_layout(
-            prompt_input_ids, prompt_attention_mask, self.config.video_token_id, len(entries), name,
-            inputs_embeds=prompt_inputs_embeds,
+        entries, pixel_videos = encoder.videos_of_call(
+            pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes, video_features, settings
         )
-        pixels = iter(zip(videos, videos_dino, sizes))
-        features, reports, tower_outputs, stacked = [], [], [], []
-        for encoded, prompt in zip(entries, layout):
-            budget = encoder.plan(prompt["text_len"], prompt["num_visual"], settings)  # before the towers run
-            num_frames = None
-            if encoded is None:
-                video, video_dino, size_hw = next(pixels)
-                encoded, tower_output = encoder.encode_video(video, video_dino, size_hw, settings, budget, *tower_flags)
-                tower_outputs.append(tower_output)
-                num_frames = len(video)
-            tokens, report = encoder.compress_video(encoded, budget, prompt["query"], settings)
-            if num_frames is not None:  # the encoded frames of a video are the ones its report keeps
-                stacked.append((num_frames, report.kept_frame_indices))
-            features.append(tokens)
-            reports.append(report)
+        layout = self._prompt_layout(
+            prompt_input_ids, prompt_attention_mask, self.config.video_token_id, len(entries),
+            "pixel_values_videos" if video_features is None else "video_features", inputs_embeds=prompt_inputs_embeds,
+        )
+        tower_flags = encoder.tower_output_flags(kwargs) if video_features is None else (False, False)
+        features, reports, tower_outputs, stacked = encoder.compress_videos(
+            entries, pixel_videos, layout, settings, *tower_flags
+        )
         is_stacked = pixel_values_videos is not None and pixel_values_videos.ndim == 5
         return LongVUVisualFeaturesOutput(
             pooler_output=features,

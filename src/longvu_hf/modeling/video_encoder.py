@@ -577,6 +577,61 @@ class LongVUVideoEncoder(nn.Module):
         )
         return tokens, report
 
+    # -- the videos of one call -------------------------------------------------------------------------------------
+
+    def videos_of_call(
+        self, pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes,
+        video_features: LongVUVideoFeatures | None, settings: CompressionSettings,
+    ) -> tuple[list[EncodedVideo | None], list[tuple[torch.Tensor, torch.Tensor, tuple[int, int]]]]:
+        """A call's videos in placeholder order: one entry per video (its `EncodedVideo`, or None for a video given
+        as pixels), and the pixel videos `(frames, DINOv2 frames, (height, width))` for the None entries, checked
+        (features from another model or made with settings that cannot serve `settings` are refused)."""
+        if video_features is None:
+            if pixel_values_videos_dino is None:
+                raise ValueError("`pixel_values_videos_dino` is required with `pixel_values_videos`")
+            videos = self.split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes)
+            return [None] * len(videos[0]), list(zip(*videos))
+        self.check_features(video_features, settings)
+        entries = list(video_features)
+        missing = sum(entry is None for entry in entries)
+        videos = ([], [], [])
+        if missing:
+            if pixel_values_videos is None:
+                raise ValueError(f"`video_features` leave {missing} video(s) to the pixels, but no `pixel_values_videos`")
+            videos = self.split_videos(pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes)
+        elif pixel_values_videos is not None:
+            raise ValueError("`video_features` cover every video: do not pass `pixel_values_videos` as well")
+        if len(videos[0]) != missing:
+            raise ValueError(f"`video_features` leave {missing} video(s) to the pixels, which hold {len(videos[0])}")
+        return entries, list(zip(*videos))
+
+    def compress_videos(
+        self, entries: list[EncodedVideo | None], pixel_videos: list, prompts: list[dict], settings: CompressionSettings,
+        output_hidden_states: bool = False, output_attentions: bool = False,
+    ) -> tuple[list[torch.Tensor], list[CompressionReport], list[BaseModelOutput], list[tuple[int, list[int]]]]:
+        """Each video of a call for its prompt (`prompts[i]`: `text_len`, `num_visual`, `query`): its budget planned
+        once, the towers run on the pixel videos (the None entries, in order), then the compression. Returns the
+        tokens and reports of every video, and the tower outputs and (frame count, encoded frames) of the pixel
+        videos."""
+        pixels = iter(pixel_videos)
+        features, reports, tower_outputs, encoded_frames = [], [], [], []
+        for encoded, prompt in zip(entries, prompts):
+            budget = self.plan(prompt["text_len"], prompt["num_visual"], settings)  # before the towers run
+            num_frames = None
+            if encoded is None:
+                video, video_dino, size_hw = next(pixels)
+                encoded, tower_output = self.encode_video(
+                    video, video_dino, size_hw, settings, budget, output_hidden_states, output_attentions
+                )
+                tower_outputs.append(tower_output)
+                num_frames = len(video)
+            tokens, report = self.compress_video(encoded, budget, prompt["query"], settings)
+            if num_frames is not None:  # the encoded frames of a video are the ones its report keeps
+                encoded_frames.append((num_frames, report.kept_frame_indices))
+            features.append(tokens)
+            reports.append(report)
+        return features, reports, tower_outputs, encoded_frames
+
     # -- videos encoded once -----------------------------------------------------------------------------------------
 
     def fingerprint(self) -> str:
