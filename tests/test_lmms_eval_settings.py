@@ -25,6 +25,12 @@ EXPECTED_PROTOCOLS = {  # the official scripts' settings (docs/evaluation.md, "P
 @pytest.fixture
 def integration(monkeypatch):
     """`longvu_hf.integrations.lmms_eval`, imported against stand-ins for lmms-eval and loguru."""
+    return lmms_eval_with_stand_ins(monkeypatch)
+
+
+def lmms_eval_with_stand_ins(monkeypatch):
+    """`longvu_hf.integrations.lmms_eval` imported against stand-ins for lmms-eval and loguru (also used by
+    `tests/test_vllm.py`, whose environment has no lmms-eval)."""
 
     class Base:  # lmms_eval.api.model.lmms: what the integration uses of it
         def __init__(self):

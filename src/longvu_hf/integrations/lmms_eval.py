@@ -38,7 +38,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 
 from .. import loading
-from ..chat import tokenize_chats
+from ..chat import tokenize_chat, tokenize_chats
 from ..media_inputs import InputPolicy, resolve_media
 from ..modeling.video_features import LongVUVideoFeatures
 from ..session import VideoSession, check_bounds, plan_budget
@@ -203,6 +203,9 @@ class LongVULmmsEvalModel(lmms):
     - Token budget: `max_context_length`, `context_margin`, `max_visual_tokens` (a cap per video); thresholds:
       `stc_threshold`, `dino_threshold`. All passed to `generate` as `compression_settings` (the config is unchanged).
     - `max_new_tokens`: used when a task gives none (default 128); `system_prompt`.
+    - `engine`: `transformers` (default: `generate`, batched) or `vllm`: the videos are encoded here and the answers
+      decoded by vLLM (`longvu_hf.integrations.vllm.LongVUEngine`; `pip install "longvu-hf[vllm]"`), with
+      `tensor_parallel_size` GPUs; one process (vLLM shards the model itself), questions with exactly one video.
 
     Example:
 
@@ -242,6 +245,8 @@ class LongVULmmsEvalModel(lmms):
         dino_threshold: float | None = None,
         max_new_tokens: int | None = None,
         system_prompt: str | None = None,
+        engine: str = "transformers",
+        tensor_parallel_size: int | str = 1,
         **unknown_arguments: Any,
     ) -> None:
         super().__init__()
@@ -279,9 +284,17 @@ class LongVULmmsEvalModel(lmms):
                 raise ValueError(f"the LongVU config has no per-call field(s) {unknown}")
             # Per-call compression settings (the model's config stays as loaded), checked here once.
             self.compression_settings = {**config_overrides, "max_visual_tokens": self.max_visual_tokens}
-            self._model, self.processor = self._load(
-                str(pretrained), dtype, _optional(attn_implementation), _as_bool(trust_remote_code)
-            )
+            self.engine = str(_optional(engine) or "transformers")
+            self._engine = None
+            if self.engine == "vllm":
+                self._engine = self._start_vllm(str(pretrained), dtype, int(tensor_parallel_size))
+                self._model, self.processor = self._engine.encoder, None
+            elif self.engine == "transformers":
+                self._model, self.processor = self._load(
+                    str(pretrained), dtype, _optional(attn_implementation), _as_bool(trust_remote_code)
+                )
+            else:
+                raise ValueError(f"engine={engine}: choose transformers or vllm")
             plan_budget(self._model.config, 0, self.compression_settings)  # the one budget check, before any question
         eval_logger.info(
             f"longvu (process {self._rank + 1}/{self._world_size}): {pretrained} on {self._device}, sampling "
@@ -336,6 +349,24 @@ class LongVULmmsEvalModel(lmms):
         return loading.load_model_and_processor(folder, pretrained, str(self._device), torch_dtype, quiet=True,
                                                 option="pretrained", attn_implementation=attn_implementation)
 
+    def _start_vllm(self, pretrained: str, dtype: str, tensor_parallel_size: int):
+        """A `LongVUEngine` (the towers here, the language model in vLLM) on the converted folder."""
+        if self._world_size > 1:
+            raise ValueError("engine=vllm runs in one process (vLLM shards the model over tensor_parallel_size GPUs); "
+                             "start lmms-eval without accelerate launch")
+        if tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size={tensor_parallel_size}: must be at least 1")
+        loading.pick_dtype(dtype, self._device.type, option="dtype")  # refuses unknown dtypes in one line
+        try:
+            import vllm  # noqa: F401
+
+            from .vllm import LongVUEngine
+        except ImportError as error:
+            raise ValueError(f"engine=vllm needs vLLM ({error}): pip install 'longvu-hf[vllm]'") from None
+        folder = loading.resolve_model(pretrained, option="pretrained")
+        return LongVUEngine(folder, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
+                            encoder_device=str(self._device))
+
     # -- lmms-eval's model interface ---------------------------------------------------------------------------------
 
     @property
@@ -344,7 +375,7 @@ class LongVULmmsEvalModel(lmms):
 
     @property
     def tokenizer(self):
-        return self.processor.tokenizer
+        return self._engine.tokenizer if self._engine is not None else self.processor.tokenizer
 
     @property
     def config(self):
@@ -409,6 +440,8 @@ class LongVULmmsEvalModel(lmms):
     @torch.inference_mode()
     def _answer_batch(self, batch: list[PreparedRequest], requests: list[Instance]) -> list[GenerationResult]:
         with failures_exit_nonzero(self._describe(batch, requests)):
+            if self._engine is not None:
+                return self._answer_with_vllm(batch)
             inputs = self._streamed_inputs(batch)
             if inputs is None:
                 inputs = self._processor_inputs(batch)
@@ -425,6 +458,35 @@ class LongVULmmsEvalModel(lmms):
                 results.append(GenerationResult(text=answer, token_counts=TokenCounts(output_tokens=count)))
                 eval_logger.debug(f"longvu: {item.context!r} -> {answer!r}")
             return results
+
+    def _answer_with_vllm(self, batch: list[PreparedRequest]) -> list[GenerationResult]:
+        """The batch decoded by vLLM: each video encoded once here (streamed, `LongVUEngine.encode`), the prompts
+        tokenized by `longvu_hf.chat`, the task's generation settings as vLLM's `SamplingParams`."""
+        from vllm import SamplingParams
+
+        from .vllm import LongVURequest
+
+        settings = generation_settings(batch[0].gen_kwargs, self.default_max_new_tokens)
+        if settings["num_beams"] > 1:
+            raise ValueError(f"num_beams={settings['num_beams']}: engine=vllm decodes greedily or by sampling")
+        params = SamplingParams(temperature=settings.get("temperature", 0.0), top_p=settings.get("top_p", 1.0),
+                                max_tokens=settings["max_new_tokens"])
+        tokenizer, encoded, requests = self._engine.tokenizer, {}, []
+        for item in batch:
+            if len(item.videos) != 1 or item.images:
+                raise ValueError("engine=vllm answers questions holding exactly one video and no image")
+            video = item.videos[0]
+            if not isinstance(video, (str, os.PathLike)):
+                raise ValueError(f"engine=vllm takes videos as paths or URLs, got {type(video).__name__}")
+            if str(video) not in encoded:
+                encoded[str(video)] = self._engine.encode(str(video), compression_settings=self.compression_settings,
+                                                          **self._sampling([item]))
+            ids = tokenize_chat(tokenizer, item.messages, tokenizer=tokenizer, return_tensors=None)["input_ids"]
+            requests.append(LongVURequest(video=encoded[str(video)], prompt_token_ids=list(ids)))
+        answers = self._engine.generate(requests, params, compression_settings=self.compression_settings)
+        return [GenerationResult(text=cut_at_stop_strings(answer.text, item.gen_kwargs.get("until")),
+                                 token_counts=TokenCounts(output_tokens=len(answer.token_ids)))
+                for item, answer in zip(batch, answers)]
 
     def _sampling(self, batch: list[PreparedRequest]) -> dict[str, Any]:
         """The processor's sampling options for the batch's videos: the protocol's, and the task's clip."""

@@ -218,10 +218,12 @@ class LongVUEncoder:
         num_frames: int | None = None,
         max_frames: int | None = None,
         compression_settings: CompressionSettings | Mapping | None = None,
+        **sampling: Any,
     ) -> LongVUVideoFeatures:
         """Run the towers on one video, once, for any number of questions: a path, URL or `MediaSource` (streamed
-        into the towers as it is decoded, with `fps`/`num_frames`/`max_frames`: `longvu_hf.session`, the local user's
-        input policy), or the processor's outputs for one video. `LongVUVideoFeatures` are returned as given. The
+        into the towers as it is decoded, with `fps`/`num_frames`/`max_frames` and any other sampling option of the
+        video processor in `sampling`: `longvu_hf.session`, the local user's input policy), or the processor's
+        outputs for one video. `LongVUVideoFeatures` are returned as given. The
         encoding serves every call whose context is at most `compression_settings`' (default: the engine's)."""
         from ...media_inputs import InputPolicy, MediaSource
         from ...session import VideoSession
@@ -234,7 +236,7 @@ class LongVUEncoder:
             settings = CompressionSettings.from_value(compression_settings) if compression_settings else self.settings
             session = VideoSession.open(self.encoder, self.processor, video, policy=InputPolicy.local_user(),
                                         fps=fps, num_frames=num_frames, max_frames=max_frames,
-                                        compression_settings=settings)
+                                        compression_settings=settings, **sampling)
             return session.features
         if not isinstance(video, Mapping) or "pixel_values_videos" not in video:
             raise ValueError(
