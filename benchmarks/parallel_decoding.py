@@ -165,10 +165,11 @@ def main(argv=None) -> dict:
         "load_average_after": [round(x, 2) for x in load_after],
         "note": "os.getloadavg() (1, 5, 15 min) before and after; the machine's cores are shared with other jobs, "
                 "so a load above the core count means the configurations competed with them for CPU",
-        "settings": {"clip": path.name, "clip_mbit_per_s": round(path.stat().st_size * 8 / 1e6 / (args.minutes * 60), 1),
+        "settings": {"clip": path.name,
+                     "clip_mbit_per_s": round(path.stat().st_size * 8 / 1e6 / (args.minutes * 60), 1),
                      "minutes": args.minutes, "source_size": args.source_size,
                      "source_fps": args.source_fps, "sampling_fps": args.fps, "runs": args.runs,
-                     "decode_batch_size": 8, "default_decode_workers_here": default_decode_workers()},
+                     "decode_batch_size": 8, "default_decode_workers": default_decode_workers()},
         "results": rows,
     }
     if not all(row["same_frames_as_1_worker"] for row in rows):

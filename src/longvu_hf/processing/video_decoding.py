@@ -11,6 +11,13 @@ of container formats (`media_inputs.open_container`), so no file can make FFmpeg
 
 Frame index `i` always means the `i`-th frame in presentation order, as decord (the reference decoder) counts them.
 
+`decode_frames` runs the decoding in background threads, ahead of the caller by a bounded number of batches. With
+`workers > 1` (the processor's `decode_workers`) a video file is decoded by several decoders at once, each opening the
+file itself under the same restrictions: the sampled frames are cut at keyframes into segments dealt out to the
+workers in turn, and merged back in order, so the frames are exactly the single decoder's. FFmpeg releases the GIL
+while decoding (PyAV, torchcodec; decord calls it through ctypes), so threads suffice. `open_gpu_decoder` swaps in
+torchcodec's CUDA decoder for a video to be encoded on CUDA, falling back to the CPU decoder where it cannot open one.
+
 Example:
 
 ```python
@@ -788,8 +795,11 @@ def prefetch(batches: Iterator[FrameBatch], depth: int = 2) -> Iterator[FrameBat
 # Several decoders at once
 # --------------------------------------------------------------------------------------------------------------------
 
-# 2 workers when the machine has 4 cores or more (measured in benchmarks/parallel_decoding.py, see the README), else
-# one: FFmpeg already spreads one decoder over every core, and each worker holds its own batches of frames.
+# Two decoders by default (one on a single core). Measured on 2 cores (benchmarks/parallel_decoding.py, README "Speed
+# and memory"): 2 workers delivered 1.2-1.4x the sampled frames per second of one decoder for the same CPU time
+# (FFmpeg's own threads leave the demuxing and the RGB conversion of each frame serial). 4 workers were faster still,
+# but each worker buffers its own batches of frames (memory grows with the workers and the frame size), and on a
+# shared machine part of that gain was CPU taken from other jobs.
 MAX_AUTO_WORKERS = 2
 
 
@@ -799,12 +809,13 @@ def _cores() -> int:
 
 def default_decode_workers() -> int:
     """The workers `decode_workers=None` uses on this machine."""
-    return max(1, min(MAX_AUTO_WORKERS, _cores() // 2))
+    return max(1, min(MAX_AUTO_WORKERS, _cores()))
 
 
 def _threads_per_worker(workers: int) -> int:
-    """FFmpeg threads of one of `workers` parallel decoders: the cores shared out among them, but at least two (on 2
-    cores, 2 workers of 1 thread each decoded no faster than one decoder; of 2 threads each, 1.4x faster)."""
+    """FFmpeg threads of one of `workers` parallel decoders: the cores shared out among them, but at least two, so
+    that each worker keeps FFmpeg's frame threads (workers of a single thread each were no faster than one decoder in
+    a trial on 2 cores)."""
     return max(2, _cores() // max(1, workers))
 
 
@@ -851,9 +862,10 @@ def decode_frames(
     """The frames `source.iter_frames(indices, batch_size)` gives, in the same batches of slots in the same order,
     decoded ahead in background threads: one decoder `depth` batches ahead (`prefetch`), or for a video file with
     `workers > 1` (None: `default_decode_workers()`) several decoders on segments cut at keyframes
-    (`plan_decode_workers`), each at most `depth` batches ahead of the frames delivered. Each worker opens the file
-    itself, with the same restrictions (`open_container`); an error of any worker is raised when its frames are due.
-    In-memory frames are not decoded: they are returned as they are."""
+    (`plan_decode_workers`), each at most `depth` batches ahead of the frames delivered: about
+    `workers * (depth + 3) * batch_size` decoded frames exist at a time. Each worker opens the file itself, with the
+    same restrictions (`open_container`); an error of any worker is raised when its frames are due. In-memory frames
+    are not decoded: they are returned as they are."""
     indices = np.asarray(indices, dtype=np.int64)
     if source.metadata.video_backend == "array":
         return source.iter_frames(indices, batch_size)

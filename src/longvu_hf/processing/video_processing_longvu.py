@@ -124,8 +124,8 @@ class LongVUVideoProcessorKwargs(VideosKwargs, total=False):
         Frames decoded and resized together; bounds the memory held besides the outputs.
     decode_workers (`int`, *optional*):
         Decoders working on one video file at once, each on segments cut at keyframes; the frames are exactly the
-        single decoder's. None (the default) picks by the machine's cores (`default_decode_workers`: one below 4
-        cores, two from 4); short videos and videos with one keyframe use one.
+        single decoder's. None (the default) is two (one on a single core: `default_decode_workers`); short videos
+        and videos with a single keyframe use one.
     """
 
     dino_size: int | dict[str, int] | SizeDict | None
