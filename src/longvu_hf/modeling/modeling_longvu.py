@@ -46,6 +46,7 @@ from ..transformers_compat import (
 )
 from .aggregator import LongVUVisionAggregator
 from .live_video import LongVULiveVideo
+from .placeholder_expansion import PromptExpansion, expand_placeholders, expansion_of_cache, remember_cache_expansion
 from .video_encoder import (
     LEGACY_KEY_MAPPING,
     LongVUVideoEncoder,
@@ -465,65 +466,24 @@ class LongVUModel(LongVUPreTrainedModel):
         max_context_length: int | None = None,
     ) -> dict[str, torch.Tensor | None]:
         """`expand_placeholders` for every per-token input: `input_ids` or `inputs_embeds` (placeholders found by
-        `get_placeholder_mask`), `attention_mask`, `labels` and `position_ids`. Given positions stay consecutive
-        through each expanded placeholder and shift the tokens after it; padding gets position 1. A sequence longer
-        than `max_context_length` (default: the config's) is refused."""
-        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        if attention_mask is None:
-            attention_mask = torch.ones(reference.shape, dtype=torch.long, device=reference.device)
+        `get_placeholder_mask`), `attention_mask`, `labels` and `position_ids` (see
+        `modeling/placeholder_expansion.py`). A sequence longer than `max_context_length` (default: the config's) is
+        refused."""
         video_mask, image_mask = self.placeholder_masks(input_ids, inputs_embeds)
-        left_padding = bool((attention_mask[:, 0] == 0).any()) and bool((attention_mask[:, -1] == 1).all())
-        video_counts, image_counts = iter(video_token_counts), iter(image_token_counts)
-        per_token = {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "labels": labels}
-        rows = {name: [] for name in (*per_token, "position_ids")}
-        lengths = []
-        for row in range(reference.shape[0]):
-            real = attention_mask[row].bool()
-            repeats = torch.ones(int(real.sum()), dtype=torch.long, device=reference.device)
-            for pos in torch.where(video_mask[row][real])[0].tolist():
-                repeats[pos] = next(video_counts)
-            for pos in torch.where(image_mask[row][real])[0].tolist():
-                repeats[pos] = next(image_counts)
-            lengths.append(int(repeats.sum()))
-            for name, tensor in per_token.items():
-                if tensor is None:
-                    continue
-                values = tensor[row][real]
-                if name == "labels":
-                    values = values.masked_fill(video_mask[row][real] | image_mask[row][real], -100)
-                rows[name].append(values.repeat_interleave(repeats, dim=0))
-            if position_ids is not None:
-                positions = position_ids[row if position_ids.shape[0] > 1 else 0][real.to(position_ids.device)]
-                repeats_here = repeats.to(positions.device)
-                shift = torch.cumsum(repeats_here - 1, 0) - (repeats_here - 1)  # extra tokens before each one
-                starts = torch.cumsum(repeats_here, 0) - repeats_here
-                within = torch.arange(lengths[-1], device=positions.device) - starts.repeat_interleave(repeats_here)
-                rows["position_ids"].append((positions + shift).repeat_interleave(repeats_here) + within)
-        max_len = max(lengths)
         limit = self.config.max_context_length if max_context_length is None else max_context_length
-        if max_len > limit:
-            # Videos are compressed into the budget; only images (never compressed) or a long text can get here.
-            raise ValueError(
-                f"The expanded sequence ({max_len} tokens) exceeds `max_context_length`={limit}; shorten the prompt "
-                "or use fewer images"
-            )
-        pad_id = self.config.text_config.pad_token_id
-        fill = {"input_ids": 0 if pad_id is None else pad_id, "inputs_embeds": 0.0, "labels": -100, "position_ids": 1}
-        out = {"attention_mask": attention_mask.new_zeros((len(lengths), max_len))}
-        for name, values in rows.items():
-            out[name] = values[0].new_full((len(values), max_len, *values[0].shape[1:]), fill[name]) if values else None
-        for row, length in enumerate(lengths):
-            span = slice(max_len - length, max_len) if left_padding else slice(0, length)
-            out["attention_mask"][row, span] = 1
-            for name, values in rows.items():
-                if values:
-                    out[name][row, span] = values[row]
-        return out
+        return expand_placeholders(
+            video_mask, image_mask, attention_mask, video_token_counts, image_token_counts, input_ids=input_ids,
+            inputs_embeds=inputs_embeds, labels=labels, position_ids=position_ids,
+            pad_token_id=self.config.text_config.pad_token_id, max_context_length=limit,
+        ).to_dict()
 
     def _merge_features(self, mask, inputs_embeds, features, name):
         total = sum(len(f) for f in features)
         if int(mask.sum()) != total:
-            raise ValueError(f"{name}: {int(mask.sum())} placeholder positions but {total} visual tokens")
+            raise ValueError(
+                f"{name}: {int(mask.sum())} placeholder positions but {total} visual tokens; `mm_encoder_outputs` go "
+                "with the expanded prompt (`expand_inputs`), as `generate` passes them"
+            )
         flat = torch.cat(features).to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device), flat)
 
@@ -617,7 +577,8 @@ class LongVUModel(LongVUPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`")
         check_input_ids(input_ids)
-        if pixel_values_videos is not None or pixel_values is not None or video_features is not None:
+        encoded_here = pixel_values_videos is not None or pixel_values is not None or video_features is not None
+        if encoded_here:
             if mm_encoder_outputs:
                 raise ValueError("Pass either pixel inputs or pre-computed `mm_encoder_outputs`, not both")
             tower_flags = {k: kwargs[k] for k in ("output_hidden_states", "output_attentions") if k in kwargs}
@@ -632,51 +593,46 @@ class LongVUModel(LongVUPreTrainedModel):
             raise ValueError(
                 "`pixel_values_dino`/`pixel_values_videos_dino` were given without `pixel_values`/`pixel_values_videos`"
             )
+        # The inputs say which form the prompt is in: with pixels (or `video_features`) it is as written, one
+        # placeholder per item, and is expanded here; with `mm_encoder_outputs` (what `generate` passes after
+        # encoding and expanding once) it is already expanded.
+        prompt_as_written = encoded_here
         mm_encoder_outputs = mm_encoder_outputs or {}
         video = mm_encoder_outputs.get("video")
         image = mm_encoder_outputs.get("image")
         video_features = list(video.pooler_output) if video is not None else []
         image_features = list(image.pooler_output) if image is not None else []
 
-        if video_features or image_features:
+        video_mask, image_mask = self.placeholder_masks(input_ids, inputs_embeds)
+        if prompt_as_written:
+            # Labels come for the prompt as written, or for the expanded sequence (as the logits are).
+            labels_expanded = labels is not None and labels.shape[-1] != video_mask.shape[-1]
+            expanded = self.expand_inputs(
+                input_ids,
+                attention_mask,
+                [len(f) for f in video_features],
+                [len(f) for f in image_features],
+                labels=None if labels_expanded else labels,
+                inputs_embeds=inputs_embeds,
+                position_ids=position_ids,
+                max_context_length=CompressionSettings.from_value(compression_settings).max_context_length,
+            )
+            input_ids, inputs_embeds, attention_mask = (
+                expanded["input_ids"], expanded["inputs_embeds"], expanded["attention_mask"]
+            )
+            position_ids = expanded["position_ids"]
+            if position_ids is None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
             video_mask, image_mask = self.placeholder_masks(input_ids, inputs_embeds)
-            n_video, n_image = int(video_mask.sum()), int(image_mask.sum())
-            one_per_item = n_video == len(video_features) and n_image == len(image_features)
-            already_expanded = n_video == sum(map(len, video_features)) and n_image == sum(map(len, image_features))
-            if not already_expanded:
-                if not one_per_item:
+            if labels_expanded:
+                if labels.shape != attention_mask.shape:
                     raise ValueError(
-                        f"The prompt holds {n_video} video and {n_image} image placeholders for "
-                        f"{len(video_features)} videos and {len(image_features)} images"
+                        f"`labels` have shape {tuple(labels.shape)}: give them for the prompt as written "
+                        f"{tuple(video_mask.shape)} or for the expanded sequence {tuple(attention_mask.shape)}"
                     )
-                # Labels come for the prompt as written, or already for the expanded sequence (as the logits are).
-                labels_expanded = labels is not None and labels.shape[-1] != video_mask.shape[-1]
-                expanded = self.expand_inputs(
-                    input_ids,
-                    attention_mask,
-                    [len(f) for f in video_features],
-                    [len(f) for f in image_features],
-                    labels=None if labels_expanded else labels,
-                    inputs_embeds=inputs_embeds,
-                    position_ids=position_ids,
-                    max_context_length=CompressionSettings.from_value(compression_settings).max_context_length,
-                )
-                input_ids, inputs_embeds, attention_mask = (
-                    expanded["input_ids"], expanded["inputs_embeds"], expanded["attention_mask"]
-                )
-                position_ids = expanded["position_ids"]
-                if position_ids is None:
-                    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-                video_mask, image_mask = self.placeholder_masks(input_ids, inputs_embeds)
-                if labels_expanded:
-                    if labels.shape != attention_mask.shape:
-                        raise ValueError(
-                            f"`labels` have shape {tuple(labels.shape)}: give them for the prompt as written "
-                            f"{tuple(video_mask.shape)} or for the expanded sequence {tuple(attention_mask.shape)}"
-                        )
-                    labels = labels.masked_fill((video_mask | image_mask).to(labels.device), -100)
-                else:
-                    labels = expanded["labels"]
+                labels = labels.masked_fill((video_mask | image_mask).to(labels.device), -100)
+            else:
+                labels = expanded["labels"]
 
         if inputs_embeds is None:
             visual = (input_ids == self.config.video_token_id) | (input_ids == self.config.image_token_id)
@@ -901,42 +857,23 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         placeholders = [i for i in (self.config.video_token_id, self.config.image_token_id) if 0 <= i < vocab_size]
         return sorted(set(requested) | set(placeholders))
 
-    def _continue_from_cache(self, kwargs: dict, input_ids, attention_mask):
-        """Map a continuation (`input_ids` = a previous `generate`'s sequences, plus the cache it returned) back onto
-        the expanded prompt that the cache holds; returns `(input_ids, attention_mask, record)` or None."""
-        cache = next((kwargs.get(name) for name in (CACHE_NAME, "past_key_values", "cache") if kwargs.get(name)), None)
-        record = getattr(cache, "longvu_prompt", None)
-        if record is None or input_ids is None:
-            return None
-        prompt, expanded_ids, expanded_mask = record
-        if input_ids.shape[0] != prompt.shape[0] or input_ids.shape[1] < prompt.shape[1]:
-            return None
-        if not torch.equal(input_ids[:, : prompt.shape[1]], prompt.to(input_ids.device)):
-            return None
-        tail = input_ids[:, prompt.shape[1] :]
-        mask_tail = (
-            attention_mask[:, prompt.shape[1] :] if attention_mask is not None else torch.ones_like(tail)
-        )
-        ids = torch.cat([expanded_ids.to(tail.device), tail], dim=1)
-        mask = torch.cat([expanded_mask.to(mask_tail.device, mask_tail.dtype), mask_tail], dim=1)
-        return ids, mask, record
-
     @staticmethod
-    def _restore_prompt(output, caller_ids: torch.Tensor, expanded_length: int, record: tuple):
-        """Put the caller's input back in front of the new tokens (in place of its `expanded_length` expanded form),
-        and remember the expansion (`record`: caller prompt, expanded prompt, its mask) on the returned cache, so that
-        a later `generate` can continue from `sequences` and that cache."""
+    def _restore_prompt(output, caller_ids: torch.Tensor, expanded_ids: torch.Tensor, expanded_mask: torch.Tensor):
+        """Put the caller's input back in front of the new tokens (in place of its expanded form), and describe the
+        expansion on the output (`output.prompt_expansion`), so that a later `generate` can continue from
+        `sequences` and the returned cache."""
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         factor = sequences.shape[0] // caller_ids.shape[0]
         sequences = torch.cat(
-            [caller_ids.repeat_interleave(factor, dim=0).to(sequences.device), sequences[:, expanded_length:]], dim=1
+            [caller_ids.repeat_interleave(factor, dim=0).to(sequences.device), sequences[:, expanded_ids.shape[1] :]],
+            dim=1,
         )
         if isinstance(output, torch.Tensor):
             return sequences
         output.sequences = sequences
-        cache = cache_of(output)
-        if cache is not None and factor == 1:
-            cache.longvu_prompt = record
+        # Several sequences per prompt share one cache row each: a continuation of one prompt is not described.
+        output.prompt_expansion = PromptExpansion(caller_ids, expanded_ids, expanded_mask) if factor == 1 else None
+        remember_cache_expansion(cache_of(output), output.prompt_expansion)
         return output
 
     @torch.no_grad()
@@ -948,18 +885,19 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         `pixel_values_videos_dino`, `video_num_frames`, `video_sizes`, or the image equivalents), or the prompt as
         `inputs_embeds`.
 
-        `compression_settings` (a `CompressionSettings` or a dict: budget and thresholds) and `max_visual_tokens` (a
-        cap on each video's tokens) apply to this call only (see `LongVUModel.get_video_features`).
+        `compression_settings` (a `CompressionSettings` or a dict: budget and thresholds) applies to this call only
+        (see `LongVUModel.get_video_features`).
 
-        With `return_dict_in_generate=True`, the output also carries the compression reports of this call:
-        `output.compression` (one per video) and `output.image_compression` (one per image). `self.last_compression`
-        keeps the latest call's, as a convenience for interactive use (it is shared by every caller of the model).
-        To continue a generation, pass the returned `sequences` (plus new text) with the returned cache; the pixels are
-        then not needed again.
+        With `return_dict_in_generate=True`, the output also carries this call's compression reports,
+        `output.compression` (one `CompressionReport` per video) and `output.image_compression` (one per image), and
+        `output.prompt_expansion`: to continue a generation without the pixels, pass the returned `sequences` (plus
+        new text) with the returned cache and `prompt_expansion=output.prompt_expansion` (see
+        `modeling/placeholder_expansion.py`).
         """
         kwargs["suppress_tokens"] = self._suppress_placeholders(kwargs)
         max_visual_tokens = kwargs.pop("max_visual_tokens", None)
         settings = CompressionSettings.from_value(kwargs.pop("compression_settings", None))
+        prompt_expansion = kwargs.pop("prompt_expansion", None)
         visual = {name: kwargs.pop(name) for name in VISUAL_INPUT_NAMES if kwargs.get(name) is not None}
         for name in VISUAL_INPUT_NAMES:
             kwargs.pop(name, None)
@@ -967,30 +905,38 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         check_input_ids(input_ids)
         attention_mask = kwargs.pop("attention_mask", None)
         inputs_embeds = kwargs.pop("inputs_embeds", None)
-        pixels = [n for n in ("pixel_values", "pixel_values_videos", "video_features") if n in visual]
-        if not pixels and kwargs.get("mm_encoder_outputs") and not visual:
-            # Features encoded by an earlier call (an assistant model in assisted decoding gets the main model's):
-            # the prompt is already in expanded form.
-            extra = {"attention_mask": attention_mask} if attention_mask is not None else {}
-            if inputs_embeds is not None:
-                extra["inputs_embeds"] = inputs_embeds
-            return super().generate(input_ids, **extra, **kwargs)
-        if not pixels:
-            continuation = self._continue_from_cache(kwargs, input_ids, attention_mask)
-            if continuation is not None:
-                expanded_ids, attention_mask, record = continuation
-                output = super().generate(expanded_ids, attention_mask=attention_mask, **kwargs)
-                return self._restore_prompt(output, input_ids, expanded_ids.shape[1], record)
-            if visual:
+        has_pixels = any(name in visual for name in ("pixel_values", "pixel_values_videos", "video_features"))
+        if prompt_expansion is None and not has_pixels and input_ids is not None:
+            # transformers' way to continue: the returned sequences plus new text, with the returned cache
+            cache = next((kwargs[name] for name in (CACHE_NAME, "past_key_values", "cache") if kwargs.get(name)), None)
+            prompt_expansion = expansion_of_cache(cache)
+            if prompt_expansion is not None and not prompt_expansion.describes(input_ids):
+                prompt_expansion = None
+        if prompt_expansion is not None:  # a continuation: the cache holds the expanded prompt
+            if has_pixels or input_ids is None:
                 raise ValueError(
-                    f"{', '.join(sorted(visual))} given without `pixel_values`/`pixel_values_videos`: pass the pixels "
-                    "they describe (or, to continue a generation, the returned sequences and cache)"
+                    "`prompt_expansion` continues a generation from `input_ids` and its cache: pass no pixels"
                 )
-            if input_ids is not None and any(m.any() for m in self.model.placeholder_masks(input_ids, None)):
+            expanded_ids, expanded_mask = prompt_expansion.expand(input_ids, attention_mask)
+            output = super().generate(expanded_ids, attention_mask=expanded_mask, **kwargs)
+            return self._restore_prompt(output, input_ids, expanded_ids, expanded_mask)
+        if visual and not has_pixels:
+            raise ValueError(
+                f"{', '.join(sorted(visual))} given without `pixel_values`/`pixel_values_videos`: pass the pixels "
+                "they describe (or, to continue a generation, `prompt_expansion=` with the returned cache)"
+            )
+        if not has_pixels:
+            # Text only, or (an assistant model in assisted decoding) the main model's features with its expanded
+            # prompt in `mm_encoder_outputs`.
+            if (
+                input_ids is not None
+                and not kwargs.get("mm_encoder_outputs")
+                and any(mask.any() for mask in self.model.placeholder_masks(input_ids, None))
+            ):
                 raise ValueError(
                     "The prompt holds video/image placeholders but no pixels were given: pass the processor's "
-                    "`pixel_values_videos`/`pixel_values` (or, to continue a generation, the returned sequences and "
-                    "cache)"
+                    "`pixel_values_videos`/`pixel_values` (or, to continue a generation, the returned sequences, "
+                    "cache and `prompt_expansion`)"
                 )
             extra = {"attention_mask": attention_mask} if attention_mask is not None else {}
             if inputs_embeds is not None:
@@ -1014,21 +960,18 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         )
         if expanded["position_ids"] is not None:
             kwargs["position_ids"] = expanded["position_ids"]
-        reports = {"video": video.compression if video else None, "image": image.compression if image else None}
-        self.last_compression = reports
         if expanded["inputs_embeds"] is not None:
             kwargs["inputs_embeds"] = expanded["inputs_embeds"]  # `forward` merges the features at the first step
         output = super().generate(
             expanded["input_ids"], attention_mask=expanded["attention_mask"], mm_encoder_outputs=encoded, **kwargs
         )
         if not isinstance(output, torch.Tensor):  # this call's reports travel with its output
-            output.compression, output.image_compression = reports["video"], reports["image"]
+            output.compression = video.compression if video is not None else None
+            output.image_compression = image.compression if image is not None else None
         if input_ids is None:
             return output  # like transformers: from embeddings alone, the new tokens only
         # Return the caller's prompt (one placeholder per item) followed by the new tokens, so that the usual
         # `output[:, input_ids.shape[1]:]` slices off exactly the prompt.
-        record = (input_ids, expanded["input_ids"], expanded["attention_mask"])
-        return self._restore_prompt(output, input_ids, expanded["input_ids"].shape[1], record)
-
+        return self._restore_prompt(output, input_ids, expanded["input_ids"], expanded["attention_mask"])
 
 __all__ = ["LongVUForConditionalGeneration", "LongVUModel", "LongVUPreTrainedModel"]
