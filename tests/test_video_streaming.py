@@ -155,3 +155,22 @@ def test_chunks_honour_the_processor_flags(tmp_path, processor, flags):
     pieces = list(processor.iter_video_chunks(str(path), chunk_frames=3, **flags))
     for key in ("pixel_values_videos", "pixel_values_videos_dino"):
         assert torch.equal(torch.cat([p[key] for p in pieces]), whole[key])
+
+
+def test_the_stream_tells_the_chunks_where_the_towers_are(tmp_path, model, processor, monkeypatch):
+    """`encode_video_stream` hands the towers' device to `VideoChunks.use_device` before decoding starts (on CUDA,
+    torchcodec's GPU decoder; here the CPU decoder stays) and the features are unchanged."""
+    path = write_scene_video(tmp_path / "clip.mp4", "aabbbcc")
+    seen = []
+    original = VideoChunks.use_device
+
+    def recording(self, device):
+        seen.append((torch.device(device), self._consumed))
+        return original(self, device)
+
+    monkeypatch.setattr(VideoChunks, "use_device", recording)
+    streamed = model.encode_video_stream(processor.iter_video_chunks(str(path), chunk_frames=3))
+    assert seen == [(model.model.video_encoder.dino_tower.device, False)]  # told once, before the first chunk
+    whole = model.encode_videos(**processor(str(path)))
+    assert torch.equal(streamed[0].selected_indices, whole[0].selected_indices)
+    torch.testing.assert_close(streamed[0].sva, whole[0].sva, rtol=1e-4, atol=1e-5)

@@ -159,7 +159,8 @@ def encode_video_stream(
     `pixel_values_videos_dino`): each chunk goes into a `LongVULiveVideo` as it arrives, so the features equal
     `encode_videos` on the whole video while the host holds only a few chunks of pixels. The chunks are produced
     in a background thread, at most `queue_chunks` ahead, so that decoding overlaps with the towers; on CUDA they
-    are pinned there, then copied to the device without blocking."""
+    are pinned there, then copied to the device without blocking, and `VideoChunks` are told the device
+    (`VideoChunks.use_device`: torchcodec's GPU decoder where it has one)."""
     from ..processing.video_decoding import prefetch
 
     if video_size is None:
@@ -169,6 +170,11 @@ def encode_video_stream(
     live = LongVULiveVideo(encoder, video_size, CompressionSettings.from_value(compression_settings).resolve(encoder.config))
     device = encoder.dino_tower.device
     pin = device.type == "cuda"
+    use_device = getattr(chunks, "use_device", None)
+    if use_device is not None and not getattr(chunks, "_consumed", False):
+        # `VideoChunks` decode with torchcodec's GPU decoder when the towers are on CUDA (the CPU decoder otherwise, or
+        # when that decoder cannot open the video).
+        use_device(device)
 
     def staged(source: Iterable[dict]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for chunk in source:
