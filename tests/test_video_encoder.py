@@ -42,7 +42,7 @@ def test_the_visual_modules_live_in_the_video_encoder(model):
     assert isinstance(model.model.video_encoder, LongVUVideoEncoder)
     names = {name.split(".")[2] for name, _ in model.named_parameters() if name.startswith("model.video_encoder.")}
     assert names == set(ENCODER_MODULES)
-    assert not any(hasattr(model.model, name) for name in ENCODER_MODULES)
+    assert not any(name in model.model._modules or name in model.model._parameters for name in ENCODER_MODULES)
 
 
 def test_a_first_release_folder_loads_exactly(model, tmp_path):
@@ -132,3 +132,14 @@ def test_max_visual_tokens_is_a_deprecated_alias_of_the_settings_field(model):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # the settings alone warn about nothing
         model(**inputs(), compression_settings={"max_visual_tokens": 40})
+
+
+def test_the_towers_are_still_reachable_where_they_were():
+    """`LongVUModel.vision_tower` (and the other modules the video encoder took over) read the encoder's modules:
+    user code and transformers' `get_encoder("video")` keep finding them; nothing is registered twice."""
+    model = make_tiny_model()
+    base = model.model
+    for name in ENCODER_MODULES:
+        assert getattr(base, name) is getattr(base.video_encoder, name), name
+    assert base.get_encoder(modality="video") is base.video_encoder.vision_tower
+    assert not any(key.startswith(("vision_tower.", "dino_tower.")) for key in base.state_dict())

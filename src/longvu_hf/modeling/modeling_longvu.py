@@ -664,6 +664,16 @@ class LongVUModel(LongVUPreTrainedModel):
         )
 
 
+def _video_encoder_module(name: str) -> property:
+    """`LongVUModel.<name>` reads `LongVUModel.video_encoder.<name>`: the towers' home before the video encoder held
+    them, and where transformers' `get_encoder("video")` and common tests look for a vision tower."""
+    return property(lambda self: getattr(self.video_encoder, name), doc=f"`self.video_encoder.{name}` (read-only).")
+
+
+for _name in ("vision_tower", "dino_tower", "vision_aggregator", "multi_modal_projector", "image_newline"):
+    setattr(LongVUModel, _name, _video_encoder_module(_name))
+
+
 @auto_docstring(
     custom_intro="""
     LongVU with its language-modelling head: answers questions about long videos.
