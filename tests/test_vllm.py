@@ -280,6 +280,50 @@ def test_the_evaluation_predictor_decodes_with_vllm(engine, reference, videos):
     assert (text, report) == generated.generate(inputs) and text
 
 
+def test_the_lmms_eval_model_decodes_with_vllm(engine, folder, videos, monkeypatch):
+    """`lmms-eval --model longvu --model_args pretrained=DIR,engine=vllm`: the video encoded by the library, the
+    answer decoded by the engine, equal to the engine's own answer; stop strings cut as with `generate`."""
+    import dataclasses
+    import types
+
+    from longvu_hf.integrations.vllm import engine as engine_module
+    from test_lmms_eval_settings import lmms_eval_with_stand_ins
+
+    integration = lmms_eval_with_stand_ins(monkeypatch)
+    started, encoded = [], []
+    monkeypatch.setattr(engine_module, "LongVUEngine", lambda model, **kw: started.append((str(model), kw)) or engine)
+    encode = engine.encode
+
+    def encode_the_test_video(video, **options):  # this environment has no torchvision: a test video stands in
+        if isinstance(video, str):
+            encoded.append((video, options))
+            video = videos["mix"]
+        return encode(video, compression_settings=options.get("compression_settings"))
+
+    monkeypatch.setattr(engine, "encode", encode_the_test_video)
+    calls, generate = [], engine.generate
+    monkeypatch.setattr(engine, "generate", lambda *a, **kw: calls.append(kw) or generate(*a, **kw))
+    lm = integration.LongVULmmsEvalModel(pretrained=str(folder), engine="vllm", device="cpu", dtype="float32",
+                                         fps="2", max_visual_tokens="300")
+    assert started == [(str(folder), {"tensor_parallel_size": 1, "dtype": "float32", "encoder_device": "cpu"})]
+    questions = [QUESTIONS[0], QUESTIONS[1]]
+    batch = [integration.PreparedRequest(
+        index=i, context=q, gen_kwargs={"max_new_tokens": NEW_TOKENS, "until": ["zzz"]}, videos=["clip.mp4"],
+        messages=[{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}])
+        for i, q in enumerate(questions)]
+    requests = [types.SimpleNamespace(args=(q, None, {}, i, "task", "test")) for i, q in enumerate(questions)]
+    results = lm._answer_batch(batch, requests)
+    assert calls[-1]["compression_settings"] == {"max_visual_tokens": 300}  # the model arguments' budget, per call
+    assert len(encoded) == 1 and encoded[0][0] == "clip.mp4" and encoded[0][1]["fps"] == 2.0  # one video, once
+    settings = {"max_visual_tokens": 300}
+    expected = engine.generate([(encode(videos["mix"], compression_settings=settings), q) for q in questions],
+                               SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS), compression_settings=settings)
+    assert [r.text for r in results] == [a.text for a in expected] and all(r.text for r in results)
+    assert [r.token_counts.output_tokens for r in results] == [len(a.token_ids) for a in expected]
+    with pytest.raises(integration.LongVUEvaluationError, match="exactly one video"):
+        lm._answer_batch([dataclasses.replace(batch[0], videos=["a.mp4", "b.mp4"])], requests)
+
+
 def test_the_http_endpoint_answers_and_streams_like_the_engine(engine, folder, videos, tmp_path, monkeypatch):
     import base64
     import socket
@@ -388,46 +432,3 @@ def test_llama_backbone_equals_generate(tmp_path, videos):
     finally:
         stop_engine(llama)
 
-
-def test_the_lmms_eval_model_decodes_with_vllm(engine, folder, videos, monkeypatch):
-    """`lmms-eval --model longvu --model_args pretrained=DIR,engine=vllm`: the video encoded by the library, the
-    answer decoded by the engine, equal to the engine's own answer; stop strings cut as with `generate`."""
-    import dataclasses
-    import types
-
-    from longvu_hf.integrations.vllm import engine as engine_module
-    from test_lmms_eval_settings import lmms_eval_with_stand_ins
-
-    integration = lmms_eval_with_stand_ins(monkeypatch)
-    started, encoded = [], []
-    monkeypatch.setattr(engine_module, "LongVUEngine", lambda model, **kw: started.append((str(model), kw)) or engine)
-    encode = engine.encode
-
-    def encode_the_test_video(video, **options):  # this environment has no torchvision: a test video stands in
-        if isinstance(video, str):
-            encoded.append((video, options))
-            video = videos["mix"]
-        return encode(video, compression_settings=options.get("compression_settings"))
-
-    monkeypatch.setattr(engine, "encode", encode_the_test_video)
-    calls, generate = [], engine.generate
-    monkeypatch.setattr(engine, "generate", lambda *a, **kw: calls.append(kw) or generate(*a, **kw))
-    lm = integration.LongVULmmsEvalModel(pretrained=str(folder), engine="vllm", device="cpu", dtype="float32",
-                                         fps="2", max_visual_tokens="300")
-    assert started == [(str(folder), {"tensor_parallel_size": 1, "dtype": "float32", "encoder_device": "cpu"})]
-    questions = [QUESTIONS[0], QUESTIONS[1]]
-    batch = [integration.PreparedRequest(
-        index=i, context=q, gen_kwargs={"max_new_tokens": NEW_TOKENS, "until": ["zzz"]}, videos=["clip.mp4"],
-        messages=[{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": q}]}])
-        for i, q in enumerate(questions)]
-    requests = [types.SimpleNamespace(args=(q, None, {}, i, "task", "test")) for i, q in enumerate(questions)]
-    results = lm._answer_batch(batch, requests)
-    assert calls[-1]["compression_settings"] == {"max_visual_tokens": 300}  # the model arguments' budget, per call
-    assert len(encoded) == 1 and encoded[0][0] == "clip.mp4" and encoded[0][1]["fps"] == 2.0  # one video, once
-    settings = {"max_visual_tokens": 300}
-    expected = engine.generate([(encode(videos["mix"], compression_settings=settings), q) for q in questions],
-                               SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS), compression_settings=settings)
-    assert [r.text for r in results] == [a.text for a in expected] and all(r.text for r in results)
-    assert [r.token_counts.output_tokens for r in results] == [len(a.token_ids) for a in expected]
-    with pytest.raises(integration.LongVUEvaluationError, match="exactly one video"):
-        lm._answer_batch([dataclasses.replace(batch[0], videos=["a.mp4", "b.mp4"])], requests)
