@@ -46,7 +46,14 @@ from ..transformers_compat import (
 )
 from .aggregator import LongVUVisionAggregator
 from .live_video import LongVULiveVideo
-from .placeholder_expansion import PromptExpansion, expand_placeholders, expansion_of_cache, remember_cache_expansion
+from .placeholder_expansion import (
+    PromptExpansion,
+    expand_placeholders,
+    expansion_of_cache,
+    merge_visual_features,
+    prompt_layout,
+    remember_cache_expansion,
+)
 from .video_encoder import (
     LEGACY_KEY_MAPPING,
     LongVUVideoEncoder,
@@ -165,6 +172,40 @@ class LongVUCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     image_compression: CompressionReports | None = None
 
 
+# The arguments both `forward`s take beyond transformers' standard ones (`auto_docstring` documents those).
+LONGVU_FORWARD_ARGS = r"""
+    cache (`Cache`, *optional*):
+        The key-value cache of an earlier call (`past_key_values` on transformers releases before 5.24).
+    labels (`torch.LongTensor`, *optional*):
+        Language-modelling labels, for the prompt as written (the model sets -100 on the expanded visual tokens) or
+        already for the expanded sequence.
+    pixel_values (`torch.Tensor` of shape `(images, 3, height, width)`, *optional*):
+        SigLIP's pixels of every image (see `get_image_features`).
+    pixel_values_dino (`torch.Tensor` of shape `(images, 3, dino_height, dino_width)`, *optional*):
+        DINOv2's pixels of the same images.
+    image_sizes (`torch.LongTensor` of shape `(images, 2)`, *optional*):
+        The (height, width) of each source image.
+    pixel_values_videos (`torch.Tensor` of shape `(total_frames, 3, H, W)`, *optional*):
+        SigLIP's pixels of every video's frames (see `get_video_features`); the prompt is then as written, one
+        placeholder per video, and is expanded here.
+    pixel_values_videos_dino (`torch.Tensor` of shape `(total_frames, 3, dino_H, dino_W)`, *optional*):
+        DINOv2's pixels of the same frames.
+    video_num_frames (`torch.LongTensor` of shape `(videos,)`, *optional*):
+        The frames of each video.
+    video_sizes (`torch.LongTensor` of shape `(videos, 2)`, *optional*):
+        The (height, width) of each source video.
+    mm_encoder_outputs (`dict`, *optional*):
+        `{"video": ..., "image": ...}` from `encode_visual_inputs`, in place of the pixels, with the prompt already
+        expanded (`expand_inputs`): what `generate` passes after encoding and expanding once.
+    max_visual_tokens (`int`, *optional*):
+        Deprecated: `compression_settings=CompressionSettings(max_visual_tokens=...)`, the cap on each video's tokens.
+    compression_settings (`CompressionSettings` or `dict`, *optional*):
+        Budget, per-video cap and thresholds for this call only.
+    video_features (`LongVUVideoFeatures`, *optional*):
+        Videos encoded by `encode_videos`, in place of their pixels.
+"""
+
+
 # Checkpoints keep the first releases' key names (`model.vision_tower.*`, ...); see `video_encoder.longvu_key_renaming`.
 register_longvu_key_renaming()
 
@@ -254,43 +295,20 @@ class LongVUModel(LongVUPreTrainedModel):
             self.get_placeholder_mask(input_ids, inputs_embeds, self.config.image_token_id),
         )
 
-    def _prompt_layout(
-        self,
-        input_ids: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        token_id: int,
-        count: int,
-        name: str,
-        inputs_embeds: torch.Tensor | None = None,
-    ) -> list[dict]:
-        """For each of `count` visual items (in placeholder order): its sample's real text length (placeholders
-        included), the number of visual items sharing that sample, and the input embeddings of the text after the
-        sample's last placeholder (the query of resolution mixing). The prompt comes as `input_ids` or
-        `inputs_embeds`; without either, each item is its own sample with no text (the budget is the whole context)."""
+    def _prompt_layout(self, input_ids, attention_mask, inputs_embeds, *, videos: bool, count: int):
+        """Each video's (or image's) `VisualItemPrompt`: see `placeholder_expansion.prompt_layout`."""
         if input_ids is None and inputs_embeds is None:
-            return [{"text_len": 1, "num_visual": 1, "query": None} for _ in range(count)]
-        video_mask, image_mask = self.placeholder_masks(input_ids, inputs_embeds)
-        # CODEPATH: not a checkpoint fork: every checkpoint takes both sides (the caller asks for the video or the
-        # image placeholders of the same prompt).
-        wanted = video_mask if token_id == self.config.video_token_id else image_mask
-        layout = []
-        for row in range(wanted.shape[0]):
-            real = attention_mask[row].bool() if attention_mask is not None else torch.ones_like(wanted[row])
-            positions = torch.where((video_mask[row] | image_mask[row])[real])[0]
-            query_start = int(positions[-1]) + 1 if len(positions) else 0
+            return prompt_layout(None, None, None, videos=videos, count=count, token_id=0, embed_text=None)
+        embedding = self.get_input_embeddings()
+
+        def embed_text(row: int, positions: torch.Tensor) -> torch.Tensor:
             if inputs_embeds is not None:
-                query = inputs_embeds[row][real][query_start:]
-            else:
-                ids = input_ids[row][real][query_start:]
-                query = self.get_input_embeddings()(ids.to(self.get_input_embeddings().weight.device))
-            for _ in range(int(wanted[row][real].sum())):
-                layout.append({"text_len": int(real.sum()), "num_visual": len(positions), "query": query})
-        if len(layout) != count:
-            raise ValueError(
-                f"The prompt holds {len(layout)} placeholder token(s) (id {token_id}) but {count} "
-                f"{'videos' if 'video' in name else 'images'} were given: write exactly one placeholder per item"
-            )
-        return layout
+                return inputs_embeds[row][positions.to(inputs_embeds.device)]
+            return embedding(input_ids[row][positions.to(input_ids.device)].to(embedding.weight.device))
+
+        token_id = self.config.video_token_id if videos else self.config.image_token_id
+        return prompt_layout(*self.placeholder_masks(input_ids, inputs_embeds), attention_mask, videos=videos,
+                             count=count, token_id=token_id, embed_text=embed_text)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Videos and images (the work is `self.video_encoder`'s)
@@ -355,8 +373,7 @@ class LongVUModel(LongVUPreTrainedModel):
             pixel_values_videos, pixel_values_videos_dino, video_num_frames, video_sizes, video_features, settings
         )
         layout = self._prompt_layout(
-            prompt_input_ids, prompt_attention_mask, self.config.video_token_id, len(entries),
-            "pixel_values_videos" if video_features is None else "video_features", inputs_embeds=prompt_inputs_embeds,
+            prompt_input_ids, prompt_attention_mask, prompt_inputs_embeds, videos=True, count=len(entries)
         )
         tower_flags = encoder.tower_output_flags(kwargs) if video_features is None else (False, False)
         features, reports, tower_outputs, stacked = encoder.compress_videos(
@@ -477,16 +494,6 @@ class LongVUModel(LongVUPreTrainedModel):
             pad_token_id=self.config.text_config.pad_token_id, max_context_length=limit,
         ).to_dict()
 
-    def _merge_features(self, mask, inputs_embeds, features, name):
-        total = sum(len(f) for f in features)
-        if int(mask.sum()) != total:
-            raise ValueError(
-                f"{name}: {int(mask.sum())} placeholder positions but {total} visual tokens; `mm_encoder_outputs` go "
-                "with the expanded prompt (`expand_inputs`), as `generate` passes them"
-            )
-        flat = torch.cat(features).to(inputs_embeds.device, inputs_embeds.dtype)
-        return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device), flat)
-
     def encode_visual_inputs(
         self, input_ids, attention_mask, pixel_values=None, pixel_values_dino=None, image_sizes=None,
         pixel_values_videos=None, pixel_values_videos_dino=None, video_num_frames=None, video_sizes=None,
@@ -508,19 +515,17 @@ class LongVUModel(LongVUPreTrainedModel):
             outputs["image"] = self.get_image_features(
                 pixel_values, pixel_values_dino, image_sizes, return_dict=True, **kwargs
             )
-            self._prompt_layout(
-                input_ids, attention_mask, self.config.image_token_id, len(pixel_values), "pixel_values",
-                inputs_embeds=inputs_embeds,
-            )
+            self._prompt_layout(input_ids, attention_mask, inputs_embeds, videos=False, count=len(pixel_values))
         return outputs
 
     @can_return_tuple
     @accepts_cache_argument
     @auto_docstring(
         custom_intro="""
-        Encodes and compresses the videos and images, expands each placeholder to its item's tokens (when the prompt
-        holds one placeholder per item), merges the features and runs the decoder.
-        """
+        Encodes and compresses the videos and images, expands each placeholder to its item's tokens, merges the
+        features and runs the decoder.
+        """,
+        custom_args=LONGVU_FORWARD_ARGS,
     )
     def forward(
         self,
@@ -544,36 +549,6 @@ class LongVUModel(LongVUPreTrainedModel):
         video_features: LongVUVideoFeatures | None = None,
         **kwargs,
     ) -> LongVUModelOutputWithPast:
-        r"""
-        cache (`Cache`, *optional*):
-            The key-value cache of an earlier call (`past_key_values` on transformers releases before 5.24).
-        labels (`torch.LongTensor`, *optional*):
-            Language-modelling labels, for the prompt as written (the model sets -100 on the expanded visual tokens)
-            or already for the expanded sequence.
-        pixel_values (`torch.Tensor` of shape `(images, 3, height, width)`, *optional*):
-            SigLIP's pixels of every image (see `get_image_features`).
-        pixel_values_dino (`torch.Tensor` of shape `(images, 3, dino_height, dino_width)`, *optional*):
-            DINOv2's pixels of the same images.
-        image_sizes (`torch.LongTensor` of shape `(images, 2)`, *optional*):
-            The (height, width) of each source image.
-        pixel_values_videos (`torch.Tensor` of shape `(total_frames, 3, H, W)`, *optional*):
-            SigLIP's pixels of every video's frames (see `get_video_features`).
-        pixel_values_videos_dino (`torch.Tensor` of shape `(total_frames, 3, dino_H, dino_W)`, *optional*):
-            DINOv2's pixels of the same frames.
-        video_num_frames (`torch.LongTensor` of shape `(videos,)`, *optional*):
-            The frames of each video.
-        video_sizes (`torch.LongTensor` of shape `(videos, 2)`, *optional*):
-            The (height, width) of each source video.
-        mm_encoder_outputs (`dict`, *optional*):
-            `{"video": ..., "image": ...}` from `encode_visual_inputs`, in place of the pixels (what `generate` passes
-            after encoding once).
-        max_visual_tokens (`int`, *optional*):
-            A cap on each video's tokens for this call.
-        compression_settings (`CompressionSettings` or `dict`, *optional*):
-            Budget and thresholds for this call only.
-        video_features (`LongVUVideoFeatures`, *optional*):
-            Videos encoded by `encode_videos`, in place of their pixels.
-        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Specify exactly one of `input_ids` or `inputs_embeds`")
         check_input_ids(input_ids)
@@ -638,9 +613,9 @@ class LongVUModel(LongVUPreTrainedModel):
             visual = (input_ids == self.config.video_token_id) | (input_ids == self.config.image_token_id)
             inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(visual, 0))
         if video_features:
-            inputs_embeds = self._merge_features(video_mask, inputs_embeds, video_features, "videos")
+            inputs_embeds = merge_visual_features(video_mask, inputs_embeds, video_features, "videos")
         if image_features:
-            inputs_embeds = self._merge_features(image_mask, inputs_embeds, image_features, "images")
+            inputs_embeds = merge_visual_features(image_mask, inputs_embeds, image_features, "images")
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -751,7 +726,8 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         custom_intro="""
         `LongVUModel.forward`, then the language-modelling head (and the loss when `labels` are given); the logits
         cover the expanded sequence.
-        """
+        """,
+        custom_args=LONGVU_FORWARD_ARGS,
     )
     def forward(
         self,
@@ -777,35 +753,6 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> LongVUCausalLMOutputWithPast:
         r"""
-        cache (`Cache`, *optional*):
-            The key-value cache of an earlier call (`past_key_values` on transformers releases before 5.24).
-        labels (`torch.LongTensor`, *optional*):
-            Language-modelling labels, for the prompt as written (the model sets -100 on the expanded visual tokens)
-            or already for the expanded sequence.
-        pixel_values (`torch.Tensor` of shape `(images, 3, height, width)`, *optional*):
-            SigLIP's pixels of every image (see `get_image_features`).
-        pixel_values_dino (`torch.Tensor` of shape `(images, 3, dino_height, dino_width)`, *optional*):
-            DINOv2's pixels of the same images.
-        image_sizes (`torch.LongTensor` of shape `(images, 2)`, *optional*):
-            The (height, width) of each source image.
-        pixel_values_videos (`torch.Tensor` of shape `(total_frames, 3, H, W)`, *optional*):
-            SigLIP's pixels of every video's frames (see `get_video_features`).
-        pixel_values_videos_dino (`torch.Tensor` of shape `(total_frames, 3, dino_H, dino_W)`, *optional*):
-            DINOv2's pixels of the same frames.
-        video_num_frames (`torch.LongTensor` of shape `(videos,)`, *optional*):
-            The frames of each video.
-        video_sizes (`torch.LongTensor` of shape `(videos, 2)`, *optional*):
-            The (height, width) of each source video.
-        mm_encoder_outputs (`dict`, *optional*):
-            `{"video": ..., "image": ...}` from `encode_visual_inputs`, in place of the pixels (what `generate` passes
-            after encoding once).
-        max_visual_tokens (`int`, *optional*):
-            A cap on each video's tokens for this call.
-        compression_settings (`CompressionSettings` or `dict`, *optional*):
-            Budget and thresholds for this call only.
-        video_features (`LongVUVideoFeatures`, *optional*):
-            Videos encoded by `encode_videos`, in place of their pixels.
-
         Example:
 
         ```python

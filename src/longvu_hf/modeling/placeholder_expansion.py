@@ -97,6 +97,66 @@ class PromptExpansion:
         return ids, mask
 
 
+@dataclass
+class VisualItemPrompt:
+    """What the prompt says about one video or image: `text_length`, its sample's real tokens (placeholders
+    included); `num_visual`, the visual items sharing that sample (they split its budget); `query`, the input
+    embeddings of the text after the sample's last placeholder (resolution mixing ranks frames by it; None: no
+    text)."""
+
+    text_length: int
+    num_visual: int
+    query: torch.Tensor | None
+
+
+def prompt_layout(
+    video_mask: torch.BoolTensor | None,
+    image_mask: torch.BoolTensor | None,
+    attention_mask: torch.Tensor | None,
+    *,
+    videos: bool,
+    count: int,
+    token_id: int,
+    embed_text,
+) -> list[VisualItemPrompt]:
+    """The `VisualItemPrompt` of each of `count` videos (`videos=True`) or images, in placeholder order.
+
+    `embed_text(row, positions)` gives the input embeddings of those real positions of a row (the query). Without a
+    prompt (`video_mask` None), each item is its own sample with no text: the budget is the whole context.
+    """
+    if video_mask is None:
+        return [VisualItemPrompt(text_length=1, num_visual=1, query=None) for _ in range(count)]
+    wanted = video_mask if videos else image_mask
+    layout = []
+    for row in range(wanted.shape[0]):
+        real = attention_mask[row].bool() if attention_mask is not None else torch.ones_like(wanted[row])
+        positions = torch.where((video_mask[row] | image_mask[row])[real])[0]
+        query_start = int(positions[-1]) + 1 if len(positions) else 0
+        query = embed_text(row, torch.where(real)[0][query_start:])
+        item = VisualItemPrompt(text_length=int(real.sum()), num_visual=len(positions), query=query)
+        layout.extend(item for _ in range(int(wanted[row][real].sum())))
+    if len(layout) != count:
+        raise ValueError(
+            f"The prompt holds {len(layout)} placeholder token(s) (id {token_id}) but {count} "
+            f"{'videos' if videos else 'images'} were given: write exactly one placeholder per item"
+        )
+    return layout
+
+
+def merge_visual_features(
+    mask: torch.BoolTensor, inputs_embeds: torch.Tensor, features: Sequence[torch.Tensor], name: str
+) -> torch.Tensor:
+    """`inputs_embeds` with the expanded placeholder positions (`mask`) replaced by the items' tokens, in order."""
+    total = sum(len(f) for f in features)
+    if int(mask.sum()) != total:
+        raise ValueError(
+            f"{name}: {int(mask.sum())} placeholder positions but {total} visual tokens; `mm_encoder_outputs` go "
+            "with the expanded prompt (`expand_inputs`), as `generate` passes them"
+        )
+    flat = torch.cat(list(features)).to(inputs_embeds.device, inputs_embeds.dtype)
+    return inputs_embeds.masked_scatter(mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device), flat)
+
+
 # cache object -> the PromptExpansion of the generate call that returned it; weak, so nothing outlives the cache.
 _EXPANSION_OF_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -202,7 +262,10 @@ def expand_placeholders(
 __all__ = [
     "ExpandedInputs",
     "PromptExpansion",
+    "VisualItemPrompt",
     "expand_placeholders",
     "expansion_of_cache",
+    "merge_visual_features",
+    "prompt_layout",
     "remember_cache_expansion",
 ]

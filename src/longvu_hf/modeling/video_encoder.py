@@ -606,17 +606,17 @@ class LongVUVideoEncoder(nn.Module):
         return entries, list(zip(*videos))
 
     def compress_videos(
-        self, entries: list[EncodedVideo | None], pixel_videos: list, prompts: list[dict], settings: CompressionSettings,
+        self, entries: list[EncodedVideo | None], pixel_videos: list, prompts: list, settings: CompressionSettings,
         output_hidden_states: bool = False, output_attentions: bool = False,
     ) -> tuple[list[torch.Tensor], list[CompressionReport], list[BaseModelOutput], list[tuple[int, list[int]]]]:
-        """Each video of a call for its prompt (`prompts[i]`: `text_len`, `num_visual`, `query`): its budget planned
+        """Each video of a call for its prompt (`prompts[i]`: a `VisualItemPrompt`): its budget planned
         once, the towers run on the pixel videos (the None entries, in order), then the compression. Returns the
         tokens and reports of every video, and the tower outputs and (frame count, encoded frames) of the pixel
         videos."""
         pixels = iter(pixel_videos)
         features, reports, tower_outputs, encoded_frames = [], [], [], []
         for encoded, prompt in zip(entries, prompts):
-            budget = self.plan(prompt["text_len"], prompt["num_visual"], settings)  # before the towers run
+            budget = self.plan(prompt.text_length, prompt.num_visual, settings)  # before the towers run
             num_frames = None
             if encoded is None:
                 video, video_dino, size_hw = next(pixels)
@@ -625,7 +625,7 @@ class LongVUVideoEncoder(nn.Module):
                 )
                 tower_outputs.append(tower_output)
                 num_frames = len(video)
-            tokens, report = self.compress_video(encoded, budget, prompt["query"], settings)
+            tokens, report = self.compress_video(encoded, budget, prompt.query, settings)
             if num_frames is not None:  # the encoded frames of a video are the ones its report keeps
                 encoded_frames.append((num_frames, report.kept_frame_indices))
             features.append(tokens)
