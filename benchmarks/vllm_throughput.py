@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
         run_generate(model, engine, videos[:1], [questions[0][:1]], args)
         vllm_answers, vllm_s = run_vllm(engine, videos, questions, args)
         generate_answers, generate_s = run_generate(model, engine, videos, questions, args)
-        visual_tokens = [a.compression["num_visual_tokens"] for a in engine.generate(
+        visual_tokens = [a.compression.num_visual_tokens for a in engine.generate(
             [(pixels, q) for pixels, asked in zip(videos, questions) for q in asked[:1]])]
         import vllm
 

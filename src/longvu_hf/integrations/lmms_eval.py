@@ -328,7 +328,7 @@ class LongVULmmsEvalModel(lmms):
         """(config overrides, processor sampling kwargs): the protocol's official settings, then explicit arguments."""
         config_overrides, sampling_kwargs = {}, {}
         if protocol is not None:
-            from ..evaluation import get_protocol
+            from ..evaluation.protocols import get_protocol
             from ..evaluation.sampling import video_sampling_kwargs
 
             official = get_protocol(protocol, "reference")

@@ -239,6 +239,29 @@ class LongVUMultiModalProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(features)))
 
 
+def selection_frame_budget(config, select_budget: int) -> int:
+    """The frames a video may have before DINOv2 selection runs: the budget in frames of the resolution that
+    selection counts (the low-resolution grid on video checkpoints)."""
+    # CODEPATH: the released video checkpoints (`highres=True`: Vision-CAIR/LongVU_Qwen2_7B, LongVU_Llama3_2_3B,
+    # LongVU_Llama3_2_1B) count frames at the low-resolution grid; stage-1 image checkpoints (`highres=False`) at the
+    # full query grid.
+    return C.frame_budget(select_budget, config.lowres_grid_size**2 if config.highres else config.num_queries)
+
+
+def plan_video_budget(config, text_length: int, num_visual: int, settings: CompressionSettings) -> VideoBudget:
+    """A video's budget for one prompt: `text_length` (the prompt's real tokens, placeholders included) shared by
+    `num_visual` visual items, under resolved `settings` (docs/reference.md §3-§5). The one place the arithmetic
+    lives: the model plans each video with it, front ends check a prompt's room with it
+    (`longvu_hf.session.plan_budget`). A `splice_budget` below 1 means the prompt leaves no room for the video."""
+    text_only = text_length - num_visual
+    context, margin = settings.max_context_length, settings.context_margin
+    if settings.max_visual_tokens is not None:  # as if the context ended right after the cap, per video
+        context = min(context, text_only + margin + settings.max_visual_tokens * num_visual)
+    select_budget = C.visual_budget(context, text_length, margin) // num_visual
+    splice_budget = C.visual_budget(context, text_only, margin) // num_visual
+    return VideoBudget(select_budget, splice_budget, selection_frame_budget(config, select_budget))
+
+
 class LongVUVideoEncoder(nn.Module):
     """LongVU's visual path: towers, DINOv2 frame selection, SVA, projector, budget and compression (see the module
     docstring). `LongVUModel.video_encoder` is one; live video and serving engines call it directly.
@@ -454,28 +477,19 @@ class LongVUVideoEncoder(nn.Module):
     # -- the budget of a video for a prompt ----------------------------------------------------------------------------
 
     def _selection_frame_budget(self, select_budget: int) -> int:
-        """The frames a video may have before DINOv2 selection runs: the budget in frames of the resolution that
-        selection counts (the low-resolution grid on video checkpoints)."""
-        cfg = self.config
-        return C.frame_budget(select_budget, cfg.lowres_grid_size**2 if cfg.highres else cfg.num_queries)
+        return selection_frame_budget(self.config, select_budget)
 
     def plan(self, text_length: int, num_visual: int, settings: CompressionSettings) -> VideoBudget:
-        """A video's budget for one prompt: `text_length` (the prompt's real tokens, placeholders included) shared by
-        `num_visual` visual items, under resolved `settings`. Computed once per video, prompt and settings, and
+        """A video's budget for one prompt (`plan_video_budget`), computed once per video, prompt and settings and
         passed to `encode_video` and `compress_video`. Refuses a prompt that leaves no room for the video."""
-        text_only = text_length - num_visual
-        context, margin = settings.max_context_length, settings.context_margin
-        if settings.max_visual_tokens is not None:  # as if the context ended right after the cap, per video
-            context = min(context, text_only + margin + settings.max_visual_tokens * num_visual)
-        select_budget = C.visual_budget(context, text_length, margin) // num_visual
-        splice_budget = C.visual_budget(context, text_only, margin) // num_visual
-        if splice_budget <= 0:
+        budget = plan_video_budget(self.config, text_length, num_visual, settings)
+        if budget.splice_budget <= 0:
             raise ValueError(
                 f"The prompt alone ({text_length} tokens) leaves no room for the video in the context budget "
-                f"of {settings.max_context_length} tokens (margin {margin}); shorten the text or raise "
-                "`max_context_length`"
+                f"of {settings.max_context_length} tokens (margin {settings.context_margin}); shorten the text or "
+                "raise `max_context_length`"
             )
-        return VideoBudget(select_budget, splice_budget, self._selection_frame_budget(select_budget))
+        return budget
 
     def any_prompt_budget(self, settings: CompressionSettings) -> VideoBudget:
         """The budget of the shortest prompt (its placeholder alone) with no per-video cap: the most frames any

@@ -15,7 +15,7 @@ Example:
 >>> from vllm import SamplingParams
 >>> engine = LongVUEngine("LongVU_Qwen2_7B-hf", tensor_parallel_size=1)
 >>> answers = engine.generate([("video.mp4", "What happens?")], SamplingParams(temperature=0, max_tokens=64))
->>> answers[0].text, answers[0].compression["path"]
+>>> answers[0].text, answers[0].compression.path
 ```
 """
 

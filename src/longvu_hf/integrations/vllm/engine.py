@@ -20,7 +20,7 @@ Example:
 >>> video = engine.encode("video.mp4")                       # towers once
 >>> answers = engine.generate([(video, "What happens first?"), (video, "What color is the car?")],
 ...                           SamplingParams(temperature=0, max_tokens=64))
->>> answers[0].text, answers[0].compression["num_visual_tokens"]  # the report's JSON (`CompressionReport.to_dict()`)
+>>> answers[0].text, answers[0].compression.num_visual_tokens  # a `CompressionReport` (`to_dict()` for JSON)
 ```
 """
 
@@ -37,6 +37,7 @@ import torch
 
 from ...chat import tokenize_chat, video_chat_messages
 from ...configuration_longvu import CompressionSettings
+from ...modeling.compression_report import CompressionReport
 from ...modeling.video_features import LongVUVideoFeatures
 
 # Room left on the encoder's GPU for the towers' activations when vLLM's share of the memory is worked out.
@@ -66,14 +67,14 @@ class LongVURequest:
 
 @dataclass
 class LongVUAnswer:
-    """vLLM's answer to one request and what the compression did for it (`compression`: the report `generate`
-    returns, see `CompressionReports`). `logprobs`: vLLM's, when `SamplingParams(logprobs=...)` asked for them."""
+    """vLLM's answer to one request and what the compression did for it (`compression`: the `CompressionReport`
+    `generate` would return). `logprobs`: vLLM's, when `SamplingParams(logprobs=...)` asked for them."""
 
     request_id: str
     text: str
     token_ids: list[int]
     finish_reason: str | None
-    compression: dict
+    compression: CompressionReport
     prompt_token_ids: list[int] = field(repr=False)
     logprobs: list | None = field(default=None, repr=False)
 
@@ -285,7 +286,7 @@ class LongVUEncoder:
                 None, video_features=features, prompt_input_ids=ids, prompt_attention_mask=torch.ones_like(ids),
                 compression_settings=settings,
             )
-        return output.pooler_output[0].detach().cpu(), output.compression[0].to_dict()  # JSON for the server
+        return output.pooler_output[0].detach().cpu(), output.compression[0]
 
     def sampling_params(self, params=None):
         """The caller's `SamplingParams` (default: greedy, 128 tokens), with the video/image placeholders and the
@@ -374,7 +375,7 @@ class LongVUEngine(LongVUEncoder):
     ```python
     >>> engine = LongVUEngine("LongVU_Qwen2_7B-hf")
     >>> [answer] = engine.generate([("video.mp4", "What happens?")])
-    >>> print(answer.text, answer.compression["path"])
+    >>> print(answer.text, answer.compression.path)
     ```
     """
 

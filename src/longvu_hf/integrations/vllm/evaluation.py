@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 from ...evaluation.predictor import VideoQAPredictor
+from ...modeling.compression_report import CompressionReport
 from .engine import LongVUEngine, LongVURequest
 
 
@@ -27,7 +28,7 @@ class VLLMVideoQAPredictor(VideoQAPredictor):
         super().__init__(engine.encoder, processor, protocol, **kwargs)
         self.engine = engine
 
-    def generate(self, inputs) -> tuple[str, dict]:
+    def generate(self, inputs) -> tuple[str, CompressionReport]:
         from vllm import SamplingParams
 
         if self.protocol.do_sample:

@@ -243,7 +243,7 @@ def build_app(engine: AsyncLongVUEngine, model_name: str, policy: InputPolicy | 
         stream = engine.stream_prepared(prepared, request_id=completion_id)
 
         def usage(answer) -> dict:
-            prompt = len(answer.prompt_token_ids) - 1 + answer.compression["num_visual_tokens"]
+            prompt = len(answer.prompt_token_ids) - 1 + answer.compression.num_visual_tokens
             return {"prompt_tokens": prompt, "completion_tokens": len(answer.token_ids),
                     "total_tokens": prompt + len(answer.token_ids)}
 
@@ -255,7 +255,7 @@ def build_app(engine: AsyncLongVUEngine, model_name: str, policy: InputPolicy | 
                 "id": completion_id, "object": "chat.completion", "created": created, "model": model_name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                              "finish_reason": answer.finish_reason}],
-                "usage": usage(answer), "compression": answer.compression,
+                "usage": usage(answer), "compression": answer.compression.to_dict(),
             }
 
         def chunk(delta: dict, finish_reason=None, **extra) -> str:
@@ -270,7 +270,7 @@ def build_app(engine: AsyncLongVUEngine, model_name: str, policy: InputPolicy | 
                 if text:
                     yield chunk({"content": text})
                 if answer is not None:
-                    yield chunk({}, answer.finish_reason, usage=usage(answer), compression=answer.compression)
+                    yield chunk({}, answer.finish_reason, usage=usage(answer), compression=answer.compression.to_dict())
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
