@@ -95,7 +95,7 @@ class LongVUVisualFeaturesOutput(BaseModelOutputWithPooling):
         encoded, laid out like the pixels given: for frames concatenated (`(total_frames, 3, H, W)`, the processor's
         layout) the kept frames of every video in order (or every image); for videos stacked (`(videos, frames, 3, H,
         W)`) `(videos, frames, patches, vision_hidden_size)`, with zeros on the frames that DINOv2 frame selection
-        dropped (never encoded; `compression[i]["kept_frame_indices"]` lists the encoded ones).
+        dropped (never encoded; `compression[i].kept_frame_indices` lists the encoded ones).
     pooler_output (`list[torch.FloatTensor]`):
         One `(num_tokens_i, hidden_size)` tensor per video (or image), compressed and ready to replace that item's
         placeholder.
@@ -252,7 +252,7 @@ class LongVUPreTrainedModel(PreTrainedModel):
     >>> model = LongVUModel(LongVUConfig(text_config=..., vision_config=..., dino_config=...))
     >>> out = model(input_ids=ids, pixel_values_videos=frames, pixel_values_videos_dino=frames_dino,
     ...             video_num_frames=torch.tensor([len(frames)]), video_sizes=torch.tensor([[720, 1280]]))
-    >>> out.compression[0]["path"]
+    >>> out.compression[0].path
     ```
     """
 )
@@ -758,7 +758,7 @@ class LongVUForConditionalGeneration(LongVUPreTrainedModel, GenerationMixin):
         ```python
         >>> inputs = processor(text=["<video>\nWhat happens?"], videos=["clip.mp4"], return_tensors="pt")
         >>> out = model(**inputs)
-        >>> out.logits.shape[1] > inputs["input_ids"].shape[1], out.compression[0]["path"]  # expanded sequence
+        >>> out.logits.shape[1] > inputs["input_ids"].shape[1], out.compression[0].path  # expanded sequence
         (True, 'none')
         ```
         """
