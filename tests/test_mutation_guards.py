@@ -146,11 +146,11 @@ def test_mixing_query_is_the_text_after_the_placeholder(model, monkeypatch):
     assert torch.equal(queries[0], expected)
     # the layout the budget and the query come from, for a left-padded batch: each row's own text after its video
     ids = torch.tensor([[0, 0, 5, V, 7, 8], [5, 6, 9, V, 10, 11]])
-    layout = model.model._prompt_layout(ids, (ids != 0).long(), V, 2, "pixel_values_videos")
-    assert [item["text_len"] for item in layout] == [4, 6]
+    layout = model.model._prompt_layout(ids, (ids != 0).long(), None, videos=True, count=2)
+    assert [item.text_length for item in layout] == [4, 6]
     with torch.no_grad():
-        assert torch.equal(layout[0]["query"], model.get_input_embeddings()(torch.tensor([7, 8])))
-        assert torch.equal(layout[1]["query"], model.get_input_embeddings()(torch.tensor([10, 11])))
+        assert torch.equal(layout[0].query, model.get_input_embeddings()(torch.tensor([7, 8])))
+        assert torch.equal(layout[1].query, model.get_input_embeddings()(torch.tensor([10, 11])))
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -143,3 +143,15 @@ def test_the_towers_are_still_reachable_where_they_were():
         assert getattr(base, name) is getattr(base.video_encoder, name), name
     assert base.get_encoder(modality="video") is base.video_encoder.vision_tower
     assert not any(key.startswith(("vision_tower.", "dino_tower.")) for key in base.state_dict())
+
+
+def test_load_state_dict_takes_the_saved_key_names(model):
+    """What `save_pretrained` writes (the first releases' names) loads through plain `load_state_dict` too, as the
+    Trainer does on resume: nothing silently left out."""
+    saved = {checkpoint_name(key): value.clone() + 1.0 for key, value in model.state_dict().items()}
+    assert any(key.startswith("model.image_newline") for key in saved)
+    fresh = make_tiny_model()
+    result = fresh.load_state_dict(saved, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key] + 1.0), key

@@ -41,7 +41,7 @@ from .chat import tokenize_chat, video_chat_messages
 from .configuration_longvu import CompressionSettings
 from .media_inputs import InputPolicy, InputRefused, MediaSource, check_decode_bounds, resolve_media
 from .modeling.compression_report import CompressionReport
-from .modeling.video_encoder import plan_video_budget
+from .modeling.video_encoder import video_token_budgets
 
 # Progress stages reported by `VideoSession.open` (and the names front ends show).
 DECODING = "decoding"
@@ -153,9 +153,9 @@ def plan_budget(
     config, prompt_tokens: int = 0, compression_settings: CompressionSettings | Mapping | None = None
 ) -> TokenBudget:
     """Check one call's settings against the model's `config` and work out the video's token budget for a prompt of
-    `prompt_tokens` tokens (without its video placeholder), as the model plans it (`video_encoder.plan_video_budget`:
-    `max_context_length - prompt - margin`, docs/reference.md §3-§5, capped by `max_visual_tokens`). Raises
-    `BudgetError`; the config is never changed."""
+    `prompt_tokens` tokens (without its video placeholder), as the model plans it
+    (`video_encoder.video_token_budgets`: `max_context_length - prompt - margin`, docs/reference.md §3-§5, capped by
+    `max_visual_tokens`). Raises `BudgetError`; the config is never changed."""
     try:
         given = CompressionSettings.from_value(
             dict(compression_settings) if isinstance(compression_settings, Mapping) else compression_settings
@@ -175,13 +175,13 @@ def plan_budget(
             raise BudgetError(setting, filled[setting], reason)
     settings = given.resolve(config)
     # The model's own arithmetic (one video, its placeholder counted in the prompt's length).
-    planned = plan_video_budget(config, int(prompt_tokens) + 1, 1, settings)
-    if planned.splice_budget < 1:
+    _, visual_budget = video_token_budgets(int(prompt_tokens) + 1, 1, settings)
+    if visual_budget < 1:
         raise BudgetError(
             "max_context_length", settings.max_context_length, "no room for the video", prompt_tokens=prompt_tokens,
             context_margin=settings.context_margin, minimum=prompt_tokens + settings.context_margin + 1,
         )
-    return TokenBudget(settings=settings, prompt_tokens=int(prompt_tokens), visual_budget=int(planned.splice_budget))
+    return TokenBudget(settings=settings, prompt_tokens=int(prompt_tokens), visual_budget=int(visual_budget))
 
 
 def count_prompt_tokens(inputs: Mapping[str, torch.Tensor], video_token_id: int) -> int:

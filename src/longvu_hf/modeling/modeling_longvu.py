@@ -55,6 +55,7 @@ from .placeholder_expansion import (
     remember_cache_expansion,
 )
 from .video_encoder import (
+    ENCODER_MODULES,
     LEGACY_KEY_MAPPING,
     LongVUVideoEncoder,
     call_settings,
@@ -240,6 +241,15 @@ class LongVUPreTrainedModel(PreTrainedModel):
                 init.normal_(pos_embed, mean=0.0, std=1.0)
 
 
+def _load_first_release_key_names(module, state_dict, prefix, *args) -> None:
+    """A `load_state_dict` pre-hook of `LongVUModel`: keys saved as the first releases (and `save_pretrained`) write
+    them, `<prefix>vision_tower.*` and the other `ENCODER_MODULES`, are renamed to `<prefix>video_encoder.*`."""
+    for key in [key for key in state_dict if key.startswith(prefix)]:
+        first = key[len(prefix) :].split(".", 1)[0]
+        if first in ENCODER_MODULES:
+            state_dict[f"{prefix}video_encoder.{key[len(prefix):]}"] = state_dict.pop(key)
+
+
 @auto_docstring(
     custom_intro="""
     LongVU without the LM head: the SigLIP and DINOv2 towers, the Spatial Vision Aggregator, the projector, LongVU's
@@ -262,6 +272,8 @@ class LongVUModel(LongVUPreTrainedModel):
         super().__init__(config)
         self.video_encoder = LongVUVideoEncoder(config)
         self.language_model = AutoModel.from_config(config.text_config)
+        # `load_state_dict` (the Trainer's resume, user code) takes the saved key names too, as `from_pretrained` does.
+        self.register_load_state_dict_pre_hook(_load_first_release_key_names)
         self.post_init()
 
     def get_input_embeddings(self):

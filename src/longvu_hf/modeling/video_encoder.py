@@ -248,17 +248,22 @@ def selection_frame_budget(config, select_budget: int) -> int:
     return C.frame_budget(select_budget, config.lowres_grid_size**2 if config.highres else config.num_queries)
 
 
-def plan_video_budget(config, text_length: int, num_visual: int, settings: CompressionSettings) -> VideoBudget:
-    """A video's budget for one prompt: `text_length` (the prompt's real tokens, placeholders included) shared by
-    `num_visual` visual items, under resolved `settings` (docs/reference.md §3-§5). The one place the arithmetic
-    lives: the model plans each video with it, front ends check a prompt's room with it
-    (`longvu_hf.session.plan_budget`). A `splice_budget` below 1 means the prompt leaves no room for the video."""
+def video_token_budgets(text_length: int, num_visual: int, settings: CompressionSettings) -> tuple[int, int]:
+    """A video's `(select_budget, splice_budget)` for one prompt: `text_length` (the prompt's real tokens,
+    placeholders included) shared by `num_visual` visual items, under resolved `settings` (docs/reference.md §3-§5).
+    The one place the arithmetic lives: the model plans each video with it (`plan_video_budget`), front ends check a
+    prompt's room with it (`longvu_hf.session.plan_budget`). A splice budget below 1: no room for the video."""
     text_only = text_length - num_visual
     context, margin = settings.max_context_length, settings.context_margin
     if settings.max_visual_tokens is not None:  # as if the context ended right after the cap, per video
         context = min(context, text_only + margin + settings.max_visual_tokens * num_visual)
-    select_budget = C.visual_budget(context, text_length, margin) // num_visual
-    splice_budget = C.visual_budget(context, text_only, margin) // num_visual
+    return (C.visual_budget(context, text_length, margin) // num_visual,
+            C.visual_budget(context, text_only, margin) // num_visual)
+
+
+def plan_video_budget(config, text_length: int, num_visual: int, settings: CompressionSettings) -> VideoBudget:
+    """A video's `VideoBudget` for one prompt (`video_token_budgets`, and the frames at which selection runs)."""
+    select_budget, splice_budget = video_token_budgets(text_length, num_visual, settings)
     return VideoBudget(select_budget, splice_budget, selection_frame_budget(config, select_budget))
 
 
