@@ -4,14 +4,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..media_inputs import MediaSource
 from .errors import EXIT_INTERRUPTED, EXIT_OK, CLIError
 from .models import load_for
-from .pipeline import answer_question, check_output_paths, check_video, open_session, print_summary
+from .pipeline import (
+    answer_question, check_output_paths, check_video, open_session, print_summary, stdin_questions,
+)
 from .vllm_engine import ask_with_vllm, chat_with_vllm
 
 
@@ -65,22 +66,6 @@ def _chat(args, video: MediaSource) -> int:
         answer = answer_question(session, question, args)
         print_summary(answer.compression, args.quiet, args.fps, answer.budget.to_dict())
     return EXIT_OK
-
-
-def stdin_questions() -> Iterator[str]:
-    """The questions of `longvu chat`: one per line of stdin, to the end of input. At an interactive prompt an empty
-    line also ends (as the prompt says); piped blank lines are skipped, so a file of questions is read to its end."""
-    interactive = sys.stdin.isatty()
-    while True:
-        if interactive:
-            print("? ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
-        if not line:  # end of input (Ctrl-D)
-            return
-        if line.strip():
-            yield line.strip()
-        elif interactive:
-            return
 
 
 def write_report(

@@ -78,7 +78,9 @@ def cmd_demo(args) -> int:
     try:
         import av  # noqa: F401
     except ImportError:
-        raise CLIError("the demo writes its clip with PyAV: pip install av (or pip install 'longvu-hf[video]')") from None
+        raise CLIError(
+            "the demo writes its clip with PyAV: pip install av (or pip install 'longvu-hf[video]')"
+        ) from None
     from transformers.utils import logging as hf_logging
 
     args.out_path, args.json_path = check_output_paths(args.out, args.json, args.overwrite)

@@ -4,6 +4,7 @@ work itself is the library's (`longvu_hf.session`); this module maps the command
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..configuration_longvu import CompressionSettings
@@ -84,3 +85,19 @@ def check_output_paths(out: str | None, json_path: str | None, overwrite: bool) 
     if paths[0] is not None and paths[0] == paths[1]:
         raise CLIError("--out and --json must be different files")
     return paths[0], paths[1]
+
+
+def stdin_questions() -> Iterator[str]:
+    """The questions of `longvu chat`: one per line of stdin, to the end of input. At an interactive prompt an empty
+    line also ends (as the prompt says); piped blank lines are skipped, so a file of questions is read to its end."""
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("? ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:  # end of input (Ctrl-D)
+            return
+        if line.strip():
+            yield line.strip()
+        elif interactive:
+            return

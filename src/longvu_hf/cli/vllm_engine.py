@@ -11,7 +11,7 @@ import sys
 from ..session import VideoReadError
 from .errors import EXIT_OK, CLIError
 from .models import default_model, pick_device, resolve_model
-from .pipeline import call_settings, check_video, print_summary
+from .pipeline import call_settings, check_video, print_summary, stdin_questions
 
 ENGINES = ("transformers", "vllm")
 
@@ -92,7 +92,6 @@ def ask_with_vllm(args) -> int:
 
 def chat_with_vllm(args) -> int:
     """`longvu chat --engine vllm VIDEO`: questions from stdin, one per line, about the video encoded once."""
-    from .commands import stdin_questions  # (commands imports this module)
 
     with check_video(args.video) as source:
         engine = start_engine(args)
