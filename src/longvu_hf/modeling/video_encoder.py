@@ -23,8 +23,10 @@ prompt; live video and serving engines use the same small API:
 - `compress_video(encoded, budget, query, settings)`: the question-dependent part -> tokens and `CompressionReport`;
 - `encode_images(...)`: images (no temporal or token compression).
 
-The checkpoints keep the key names of the first releases (`model.vision_tower.*`, ...): `LONGVU_KEY_RENAMING`
-maps them to `model.video_encoder.*` when loading, and transformers maps them back when saving.
+The checkpoints keep the key names of the first releases (`model.vision_tower.*`, ...): `longvu_key_renaming()`
+(registered with transformers) maps them to `model.video_encoder.*` in `from_pretrained` and back in
+`save_pretrained`; `LongVUModel`'s `load_state_dict` pre-hook does the same for plain state dicts (a Trainer resume).
+The budget arithmetic itself is `video_token_budgets`, shared with the front ends' check (`longvu_hf.session`).
 """
 
 from __future__ import annotations
