@@ -53,11 +53,13 @@ def make_video(
     height: int = 36,
     codec: str | None = None,
     gop: int | None = None,
+    x264_params: str | None = None,
 ) -> Path:
     """Writes a real video file with PyAV: `num_frames` distinct frames (see `frame_pattern`) at `fps`.
 
     The container comes from the suffix (.mp4, .mkv, .mov, .avi, .webm, .gif); the codec defaults to H.264
-    (MPEG-4 part 2 for .avi, VP9 for .webm, GIF for .gif). Sizes must be even for yuv420p codecs.
+    (MPEG-4 part 2 for .avi, VP9 for .webm, GIF for .gif). Sizes must be even for yuv420p codecs. `x264_params`
+    (H.264 only) is passed to x264 as is (`keyint=10:bframes=2`, ...).
     """
     import av
 
@@ -77,6 +79,8 @@ def make_video(
         if codec == "libx264":
             # Lossless-ish and small: frames stay identifiable.
             stream.options = {"crf": "10", "preset": "ultrafast"}
+            if x264_params:
+                stream.options["x264-params"] = x264_params
         for index in range(num_frames):
             frame = av.VideoFrame.from_ndarray(frame_pattern(index, width, height), format="rgb24")
             for packet in stream.encode(frame):

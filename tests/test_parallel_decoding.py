@@ -22,7 +22,7 @@ from longvu_hf.processing.video_decoding import (
     plan_decode_workers,
 )
 
-from conftest import frame_pattern
+from conftest import make_video
 
 BACKENDS = available_video_backends()
 NUM_FRAMES, GOP = 160, 10
@@ -30,20 +30,8 @@ NUM_FRAMES, GOP = 160, 10
 
 def write_short_gop_video(path: Path, num_frames: int = NUM_FRAMES, gop: int = GOP, bframes: int = 2) -> Path:
     """H.264 with a keyframe every `gop` frames and B-frames (non-reference frames the PyAV decoder skips)."""
-    import av
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 64, 36, "yuv420p"
-        stream.options = {"crf": "10", "preset": "veryfast",
-                          "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}"}
-        for index in range(num_frames):
-            frame = av.VideoFrame.from_ndarray(frame_pattern(index, 64, 36), format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return make_video(path, fps=10, num_frames=num_frames, width=64, height=36,
+                      x264_params=f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={bframes}")
 
 
 @pytest.fixture(scope="module")
