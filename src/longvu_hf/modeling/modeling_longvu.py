@@ -583,17 +583,16 @@ class LongVUModel(LongVUPreTrainedModel):
         # The inputs say which form the prompt is in: with pixels (or `video_features`) it is as written, one
         # placeholder per item, and is expanded here; with `mm_encoder_outputs` (what `generate` passes after
         # encoding and expanding once) it is already expanded.
-        prompt_as_written = encoded_here
         mm_encoder_outputs = mm_encoder_outputs or {}
         video = mm_encoder_outputs.get("video")
         image = mm_encoder_outputs.get("image")
         video_features = list(video.pooler_output) if video is not None else []
         image_features = list(image.pooler_output) if image is not None else []
 
-        video_mask, image_mask = self.placeholder_masks(input_ids, inputs_embeds)
-        if prompt_as_written:
+        if encoded_here:
+            written_shape = tuple((input_ids if input_ids is not None else inputs_embeds).shape[:2])
             # Labels come for the prompt as written, or for the expanded sequence (as the logits are).
-            labels_expanded = labels is not None and labels.shape[-1] != video_mask.shape[-1]
+            labels_expanded = labels is not None and labels.shape[-1] != written_shape[-1]
             expanded = self.expand_inputs(
                 input_ids,
                 attention_mask,
@@ -615,11 +614,13 @@ class LongVUModel(LongVUPreTrainedModel):
                 if labels.shape != attention_mask.shape:
                     raise ValueError(
                         f"`labels` have shape {tuple(labels.shape)}: give them for the prompt as written "
-                        f"{tuple(video_mask.shape)} or for the expanded sequence {tuple(attention_mask.shape)}"
+                        f"{written_shape} or for the expanded sequence {tuple(attention_mask.shape)}"
                     )
                 labels = labels.masked_fill((video_mask | image_mask).to(labels.device), -100)
             else:
                 labels = expanded["labels"]
+        else:
+            video_mask, image_mask = self.placeholder_masks(input_ids, inputs_embeds)
 
         if inputs_embeds is None:
             visual = (input_ids == self.config.video_token_id) | (input_ids == self.config.image_token_id)
